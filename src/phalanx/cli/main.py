@@ -1,0 +1,25 @@
+"""The ``phalanx`` command line: the front door to every capability."""
+
+from __future__ import annotations
+
+import click
+
+from phalanx import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="phalanx")
+def cli() -> None:
+    """Phalanx: reliable, scalable distributed systems in Python."""
+
+
+def _register() -> None:
+    # Subcommand modules are imported here so that ``phalanx --help`` lists them all.
+    from phalanx.cli.demo import demo  # noqa: PLC0415
+
+    cli.add_command(demo)
+
+
+def main() -> None:
+    _register()
+    cli()
