@@ -35,7 +35,7 @@ class Event:
     name: str
     kind: str
     at_s: float
-    data: Mapping[str, object] = field(default=_EMPTY)
+    data: Mapping[str, object] = field(default_factory=lambda: _EMPTY)
 
 
 Listener = Callable[[Event], None]
