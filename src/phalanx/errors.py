@@ -134,12 +134,24 @@ class Indeterminate(PhalanxError):
 
 
 class RetryError(PhalanxError):
-    """A retry policy gave up. ``last_exception`` is the error of the final attempt."""
+    """A retry policy gave up.
 
-    def __init__(self, message: str, *, attempts: int, last_exception: BaseException | None) -> None:
+    ``last_exception`` is the error of the final attempt, or ``None`` when the attempts
+    returned results that the policy rejected; then ``last_result`` holds the final one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        attempts: int,
+        last_exception: BaseException | None,
+        last_result: object = None,
+    ) -> None:
         super().__init__(message)
         self.attempts = attempts
         self.last_exception = last_exception
+        self.last_result = last_result
 
     @property
     def outcome(self) -> Outcome:  # type: ignore[override]
@@ -149,13 +161,13 @@ class RetryError(PhalanxError):
         return Outcome.INDETERMINATE
 
 
-class InvariantViolation(PhalanxError):  # noqa: N818 - the name states what happened
+class InvariantViolation(PhalanxError):
     """An internal invariant does not hold: this is a bug in Phalanx, never an expected failure."""
 
     outcome = Outcome.INDETERMINATE
 
 
-def invariant(condition: bool, message: str) -> None:  # noqa: FBT001 - mirrors ``assert``
+def invariant(condition: bool, message: str) -> None:
     """Raise :class:`InvariantViolation` when ``condition`` is false.
 
     Unlike ``assert`` this is never stripped by ``python -O``.

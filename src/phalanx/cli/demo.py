@@ -9,6 +9,6 @@ import click
 @click.option("--seed", default=7, show_default=True, help="Seed of the simulated dependency.")
 def demo(seed: int) -> None:
     """Show retries, a circuit breaker and a bulkhead riding out an outage."""
-    from phalanx.demo.resilience import run  # noqa: PLC0415
+    from phalanx.demo.resilience import run
 
     run(seed=seed)

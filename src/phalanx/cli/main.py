@@ -15,7 +15,7 @@ def cli() -> None:
 
 def _register() -> None:
     # Subcommand modules are imported here so that ``phalanx --help`` lists them all.
-    from phalanx.cli.demo import demo  # noqa: PLC0415
+    from phalanx.cli.demo import demo
 
     cli.add_command(demo)
 
