@@ -16,8 +16,10 @@ def cli() -> None:
 def _register() -> None:
     # Subcommand modules are imported here so that ``phalanx --help`` lists them all.
     from phalanx.cli.demo import demo
+    from phalanx.cli.health import health
 
     cli.add_command(demo)
+    cli.add_command(health)
 
 
 def main() -> None:

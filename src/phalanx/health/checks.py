@@ -1,0 +1,601 @@
+"""The health-check registry: named checks, their results, and the three probes.
+
+This module owns what a probe *means*. A :class:`HealthRegistry` holds named checks, each
+registered for one or more of the probes Kubernetes knows:
+
+- ``liveness`` (``/healthz``): is the process working at all? Failing it gets the container
+  restarted, so only register checks whose failure a restart can cure (a wedged event loop,
+  a dead worker thread), never a dependency.
+- ``readiness`` (``/ready``): can the process take traffic now? Failing it removes the pod
+  from the load balancer until it passes again; dependencies (a database, a circuit breaker)
+  and draining before shutdown belong here.
+- ``startup`` (``/startup``): has initialisation finished? Until every critical startup check
+  has passed once, liveness and readiness answer "starting" (503), as Kubernetes holds the
+  other two probes back while its startup probe fails. Once complete, startup stays complete.
+
+A check is a sync or async callable. It passes by returning anything but ``False`` (a
+returned ``str`` becomes the result's message) and fails by returning ``False`` or raising;
+raise :class:`CheckFailed` to fail with a message and no exception type in it. Every run has
+a deadline of ``timeout_s``: async checks are cancelled at it; sync checks run in a daemon
+worker thread, so a hung check cannot hang the probe (the thread cannot be killed, so a check
+whose previous run is still stuck is not started again, and the number of such threads is
+capped by ``sync_threads_max``).
+
+Results are cached for ``cache_s`` per check, and probes that arrive while a check is running
+wait for that one run instead of starting their own. Checks registered with
+``critical=False`` are reported but cannot fail a probe; when one of them fails the probe is
+``degraded`` and still answers 200.
+
+Failures inside checks are values (:class:`CheckResult`), never exceptions out of a probe;
+only bad configuration raises, as ``ValueError`` naming the field, at registration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import inspect
+import re
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from phalanx.clock import SYSTEM_CLOCK, Clock
+from phalanx.resilience.config import parse_count, require_non_negative, require_positive
+
+__all__ = [
+    "CHECKS_MAX",
+    "CHECK_NAME_CHARS_MAX",
+    "DEFAULT_CACHE_S",
+    "DEFAULT_TIMEOUT_S",
+    "MESSAGE_CHARS_MAX",
+    "SYNC_THREADS_MAX",
+    "Check",
+    "CheckFailed",
+    "CheckFn",
+    "CheckResult",
+    "CheckStatus",
+    "HealthRegistry",
+    "HealthStatistics",
+    "Probe",
+    "ProbeReport",
+    "ProbeStatus",
+]
+
+# Kubernetes' default probe timeoutSeconds is 1 s; checks of one probe run concurrently, so a
+# per-check default comfortably under it lets a timed-out check still be reported in time.
+DEFAULT_TIMEOUT_S = 0.5
+# Probes arrive every few seconds from each kubelet and load balancer; one second of caching
+# turns a burst of them into one run without hiding a failure for long.
+DEFAULT_CACHE_S = 1.0
+CHECKS_MAX = 64
+SYNC_THREADS_MAX = 8
+CHECK_NAME_CHARS_MAX = 100
+MESSAGE_CHARS_MAX = 512
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]*$")
+
+CheckFn = Callable[[], Any]
+_F = TypeVar("_F", bound=CheckFn)
+
+
+class Probe(enum.Enum):
+    """The three questions an orchestrator asks a process."""
+
+    LIVENESS = "liveness"
+    READINESS = "readiness"
+    STARTUP = "startup"
+
+
+class CheckStatus(enum.Enum):
+    """The outcome of one run of one check. ``TIMEOUT`` counts as a failure."""
+
+    OK = "ok"
+    FAIL = "fail"
+    TIMEOUT = "timeout"
+
+
+class ProbeStatus(enum.Enum):
+    """The overall answer to one probe."""
+
+    OK = "ok"
+    DEGRADED = "degraded"  # a non-critical check failed; still 200
+    FAIL = "fail"
+    STARTING = "starting"  # startup has not completed; liveness and readiness wait on it
+
+    @property
+    def http_status(self) -> int:
+        return 200 if self in (ProbeStatus.OK, ProbeStatus.DEGRADED) else 503
+
+
+class CheckFailed(Exception):
+    """Raise from a check to fail it with exactly this message."""
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """A registered check and its configuration."""
+
+    name: str
+    fn: CheckFn
+    probes: frozenset[Probe]
+    timeout_s: float
+    cache_s: float
+    critical: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """One run of one check.
+
+    ``checked_at_s`` is on the registry clock's monotonic scale (used for cache ages);
+    ``checked_at_wall_s`` is Unix time, for people.
+    """
+
+    name: str
+    status: CheckStatus
+    duration_s: float
+    message: str
+    checked_at_s: float
+    checked_at_wall_s: float
+    critical: bool = True
+
+    @property
+    def ok(self) -> bool:
+        return self.status is CheckStatus.OK
+
+    def to_json(self, *, now_s: float | None = None, verbose: bool = False) -> dict[str, Any]:
+        """The JSON form served by the HTTP app (``duration_ms`` rounded to microseconds)."""
+        body: dict[str, Any] = {
+            "name": self.name,
+            "status": self.status.value,
+            "duration_ms": round(self.duration_s * 1000.0, 3),
+            "message": self.message,
+        }
+        if verbose:
+            body["critical"] = self.critical
+            body["checked_at"] = (
+                datetime.fromtimestamp(self.checked_at_wall_s, UTC)
+                .isoformat(timespec="milliseconds")
+                .replace("+00:00", "Z")
+            )
+            if now_s is not None:
+                body["age_ms"] = round(max(now_s - self.checked_at_s, 0.0) * 1000.0, 3)
+        return body
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeReport:
+    """The answer to one probe: overall status, why, and each check's latest result."""
+
+    probe: Probe
+    status: ProbeStatus
+    reason: str
+    checks: tuple[CheckResult, ...]
+    checked_at_s: float
+
+    @property
+    def http_status(self) -> int:
+        return self.status.http_status
+
+    def to_json(self, *, verbose: bool = False) -> dict[str, Any]:
+        return {
+            "probe": self.probe.value,
+            "status": self.status.value,
+            "reason": self.reason,
+            "checks": [
+                result.to_json(now_s=self.checked_at_s, verbose=verbose) for result in self.checks
+            ],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class HealthStatistics:
+    """Counters of a registry since it was created."""
+
+    checks: int
+    startup_complete: bool
+    manual_ready: bool
+    check_runs: int
+    check_failures: int
+    check_timeouts: int
+    cache_hits: int
+    coalesced_waits: int
+    sync_threads_busy: int
+    probes_served: Mapping[str, int]
+
+
+@dataclass(slots=True)
+class _CheckState:
+    check: Check
+    last: CheckResult | None = None
+    ever_passed: bool = False
+    inflight: asyncio.Task[CheckResult] | None = None
+    # True while a worker thread is still inside this sync check (possibly after its deadline).
+    thread_busy: bool = False
+    thread_started_s: float = 0.0
+
+
+@dataclass(slots=True)
+class _Counters:
+    check_runs: int = 0
+    check_failures: int = 0
+    check_timeouts: int = 0
+    cache_hits: int = 0
+    coalesced_waits: int = 0
+    probes_served: dict[str, int] = field(default_factory=lambda: {p.value: 0 for p in Probe})
+
+
+def _parse_probes(probes: Iterable[Probe | str] | Probe | str) -> frozenset[Probe]:
+    items: Iterable[Probe | str] = (probes,) if isinstance(probes, Probe | str) else probes
+    parsed: set[Probe] = set()
+    for item in items:
+        if isinstance(item, Probe):
+            parsed.add(item)
+            continue
+        try:
+            parsed.add(Probe(item))
+        except ValueError:
+            known = ", ".join(p.value for p in Probe)
+            raise ValueError(f"probes: unknown probe {item!r}; expected one of {known}") from None
+    if not parsed:
+        raise ValueError("probes: a check must belong to at least one probe")
+    return frozenset(parsed)
+
+
+def _truncate(message: str) -> str:
+    if len(message) <= MESSAGE_CHARS_MAX:
+        return message
+    return message[: MESSAGE_CHARS_MAX - 3] + "..."
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, CheckFailed):
+        return str(error) or "check failed"
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+class HealthRegistry:
+    """Named health checks grouped into the liveness, readiness and startup probes.
+
+    ``checks_max`` caps how many checks may be registered, ``sync_threads_max`` how many
+    worker threads sync checks may occupy at once (including hung ones past their deadline).
+    ``timeout_s`` and ``cache_s`` are the defaults for checks that do not set their own.
+
+    Probes are evaluated on an asyncio loop (:meth:`run_probe`); the HTTP app and server call
+    it. :meth:`set_ready` may be called from any thread.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        cache_s: float = DEFAULT_CACHE_S,
+        checks_max: int = CHECKS_MAX,
+        sync_threads_max: int = SYNC_THREADS_MAX,
+    ) -> None:
+        self._clock = clock
+        self._timeout_s = require_positive("timeout_s", timeout_s)
+        self._cache_s = require_non_negative("cache_s", cache_s)
+        self._checks_max = parse_count("checks_max", checks_max)
+        self._sync_threads_max = parse_count("sync_threads_max", sync_threads_max)
+        self._states: dict[str, _CheckState] = {}
+        self._startup_complete = False
+        self._manual_ready = True
+        self._manual_reason = ""
+        self._threads_lock = threading.Lock()
+        self._threads_busy = 0
+        self._counters = _Counters()
+
+    # -- registration -------------------------------------------------------------------
+
+    def add(
+        self,
+        name: str,
+        fn: CheckFn,
+        *,
+        probes: Iterable[Probe | str] | Probe | str = (Probe.READINESS,),
+        timeout_s: float | None = None,
+        cache_s: float | None = None,
+        critical: bool = True,
+    ) -> Check:
+        """Register ``fn`` as check ``name`` for ``probes`` and return its configuration."""
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise ValueError(
+                f"name: {name!r} must start with a letter or digit and contain only "
+                f"letters, digits and _ . : / @ + -"
+            )
+        if len(name) > CHECK_NAME_CHARS_MAX:
+            raise ValueError(f"name: longer than {CHECK_NAME_CHARS_MAX} characters")
+        if name in self._states:
+            raise ValueError(f"name: a check named {name!r} is already registered")
+        if not callable(fn):
+            raise ValueError(f"fn: expected a callable, got {fn!r}")
+        if len(self._states) >= self._checks_max:
+            raise ValueError(f"checks_max: the registry already holds {self._checks_max} checks")
+        check = Check(
+            name=name,
+            fn=fn,
+            probes=_parse_probes(probes),
+            timeout_s=self._timeout_s
+            if timeout_s is None
+            else require_positive("timeout_s", timeout_s),
+            cache_s=self._cache_s if cache_s is None else require_non_negative("cache_s", cache_s),
+            critical=bool(critical),
+        )
+        self._states[name] = _CheckState(check)
+        return check
+
+    def check(
+        self,
+        name: str | None = None,
+        *,
+        probes: Iterable[Probe | str] | Probe | str = (Probe.READINESS,),
+        timeout_s: float | None = None,
+        cache_s: float | None = None,
+        critical: bool = True,
+    ) -> Callable[[_F], _F]:
+        """Decorator form of :meth:`add`; the name defaults to the function's name."""
+
+        def register(fn: _F) -> _F:
+            self.add(
+                name or str(getattr(fn, "__name__", "")),
+                fn,
+                probes=probes,
+                timeout_s=timeout_s,
+                cache_s=cache_s,
+                critical=critical,
+            )
+            return fn
+
+        return register
+
+    def remove(self, name: str) -> None:
+        """Unregister check ``name`` (``KeyError`` if there is none).
+
+        A run already in flight finishes within its timeout; its result is discarded.
+        """
+        del self._states[name]
+
+    def checks(self, probe: Probe | str | None = None) -> tuple[Check, ...]:
+        """Registered checks in registration order, optionally only those of ``probe``."""
+        wanted = None if probe is None else next(iter(_parse_probes(probe)))
+        return tuple(
+            s.check for s in self._states.values() if wanted is None or wanted in s.check.probes
+        )
+
+    # -- manual state -------------------------------------------------------------------
+
+    def set_ready(self, ready: bool, reason: str = "draining") -> None:
+        """Force readiness off (``False``, e.g. draining before shutdown) or back on.
+
+        While off, ``/ready`` answers 503 with ``reason`` and runs no checks; liveness is
+        unaffected, so the orchestrator stops sending traffic without restarting the process.
+        """
+        self._manual_reason = "" if ready else reason
+        self._manual_ready = bool(ready)
+
+    @property
+    def manual_ready(self) -> bool:
+        return self._manual_ready
+
+    @property
+    def startup_complete(self) -> bool:
+        """True once every critical startup check has passed at least once; never reverts."""
+        return self._startup_complete
+
+    # -- running ------------------------------------------------------------------------
+
+    async def run_check(self, name: str) -> CheckResult:
+        """The result of check ``name``: cached if fresh, else from one (shared) run."""
+        return await self._result_for(self._states[name])
+
+    async def run_probe(self, probe: Probe | str) -> ProbeReport:
+        """Evaluate one probe and return its report (never raises for failing checks)."""
+        which = next(iter(_parse_probes(probe)))
+        self._counters.probes_served[which.value] += 1
+        if which is Probe.STARTUP:
+            return await self._startup_report()
+        if not self._startup_complete:
+            startup = await self._startup_report()
+            if startup.status is ProbeStatus.STARTING:
+                return ProbeReport(
+                    which,
+                    ProbeStatus.STARTING,
+                    startup.reason,
+                    startup.checks,
+                    startup.checked_at_s,
+                )
+        if which is Probe.READINESS and not self._manual_ready:
+            reason = f"not ready: {self._manual_reason}"
+            return ProbeReport(which, ProbeStatus.FAIL, reason, (), self._clock.now_s())
+        results = await self._run_all(which)
+        return self._summarise(which, results)
+
+    async def aclose(self) -> None:
+        """Cancel and await check runs in flight on this loop (sync threads are left to end)."""
+        loop = asyncio.get_running_loop()
+        tasks = [
+            s.inflight
+            for s in self._states.values()
+            if s.inflight is not None and not s.inflight.done() and s.inflight.get_loop() is loop
+        ]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def statistics(self) -> HealthStatistics:
+        c = self._counters
+        return HealthStatistics(
+            checks=len(self._states),
+            startup_complete=self._startup_complete,
+            manual_ready=self._manual_ready,
+            check_runs=c.check_runs,
+            check_failures=c.check_failures,
+            check_timeouts=c.check_timeouts,
+            cache_hits=c.cache_hits,
+            coalesced_waits=c.coalesced_waits,
+            sync_threads_busy=self._threads_busy,
+            probes_served=dict(c.probes_served),
+        )
+
+    # -- internals ----------------------------------------------------------------------
+
+    async def _startup_report(self) -> ProbeReport:
+        states = [s for s in self._states.values() if Probe.STARTUP in s.check.probes]
+        if self._startup_complete:
+            # Latched: report what was last seen without running anything again.
+            results = tuple(s.last for s in states if s.last is not None)
+            return ProbeReport(
+                Probe.STARTUP, ProbeStatus.OK, "started", results, self._clock.now_s()
+            )
+        results = await self._run_states(states)
+        pending = [s.check.name for s in states if s.check.critical and not s.ever_passed]
+        if pending:
+            reason = "starting: waiting for " + ", ".join(pending)
+            return ProbeReport(
+                Probe.STARTUP, ProbeStatus.STARTING, reason, results, self._clock.now_s()
+            )
+        self._startup_complete = True
+        report = self._summarise(Probe.STARTUP, results)
+        if report.status is ProbeStatus.OK:
+            return ProbeReport(
+                Probe.STARTUP, ProbeStatus.OK, "started", results, report.checked_at_s
+            )
+        return report
+
+    async def _run_all(self, probe: Probe) -> tuple[CheckResult, ...]:
+        return await self._run_states([s for s in self._states.values() if probe in s.check.probes])
+
+    async def _run_states(self, states: list[_CheckState]) -> tuple[CheckResult, ...]:
+        return tuple(await asyncio.gather(*(self._result_for(s) for s in states)))
+
+    def _summarise(self, probe: Probe, results: tuple[CheckResult, ...]) -> ProbeReport:
+        failed_critical = [r.name for r in results if not r.ok and r.critical]
+        failed_optional = [r.name for r in results if not r.ok and not r.critical]
+        now_s = self._clock.now_s()
+        if failed_critical:
+            reason = "failing: " + ", ".join(failed_critical)
+            return ProbeReport(probe, ProbeStatus.FAIL, reason, results, now_s)
+        if failed_optional:
+            reason = "degraded: " + ", ".join(failed_optional)
+            return ProbeReport(probe, ProbeStatus.DEGRADED, reason, results, now_s)
+        return ProbeReport(probe, ProbeStatus.OK, "", results, now_s)
+
+    async def _result_for(self, state: _CheckState) -> CheckResult:
+        last = state.last
+        if last is not None and self._clock.now_s() - last.checked_at_s < state.check.cache_s:
+            self._counters.cache_hits += 1
+            return last
+        loop = asyncio.get_running_loop()
+        task = state.inflight
+        if task is not None and not task.done() and task.get_loop() is loop:
+            self._counters.coalesced_waits += 1
+        else:
+            task = loop.create_task(self._run(state), name=f"health-check:{state.check.name}")
+            state.inflight = task
+        # Shielded: a probe whose client went away must not cancel the run others wait on.
+        return await asyncio.shield(task)
+
+    async def _run(self, state: _CheckState) -> CheckResult:
+        check = state.check
+        clock = self._clock
+        started_s = clock.now_s()
+        status = CheckStatus.OK
+        message = ""
+        try:
+            async with asyncio.timeout(check.timeout_s):
+                outcome = await self._invoke(state)
+            if outcome is False:
+                status, message = CheckStatus.FAIL, "check returned False"
+            elif isinstance(outcome, str):
+                message = outcome
+        except TimeoutError:
+            status, message = CheckStatus.TIMEOUT, f"timed out after {check.timeout_s:g} s"
+        except _StillRunning as still:
+            status, message = CheckStatus.TIMEOUT, str(still)
+        except Exception as error:  # any exception from a check is its failure
+            status, message = CheckStatus.FAIL, _describe(error)
+        result = CheckResult(
+            name=check.name,
+            status=status,
+            duration_s=max(clock.now_s() - started_s, 0.0),
+            message=_truncate(message),
+            checked_at_s=clock.now_s(),
+            checked_at_wall_s=clock.wall_s(),
+            critical=check.critical,
+        )
+        counters = self._counters
+        counters.check_runs += 1
+        if status is CheckStatus.TIMEOUT:
+            counters.check_timeouts += 1
+        if status is not CheckStatus.OK:
+            counters.check_failures += 1
+        state.last = result
+        if result.ok:
+            state.ever_passed = True
+        return result
+
+    async def _invoke(self, state: _CheckState) -> object:
+        fn = state.check.fn
+        if inspect.iscoroutinefunction(fn):
+            outcome: object = await fn()
+        else:
+            outcome = await self._in_thread(state)
+        # A plain callable may hand back an awaitable (e.g. a lambda around a coroutine).
+        if inspect.isawaitable(outcome):
+            outcome = await outcome
+        return outcome
+
+    async def _in_thread(self, state: _CheckState) -> object:
+        if state.thread_busy:
+            stuck_s = self._clock.now_s() - state.thread_started_s
+            raise _StillRunning(f"previous run still running after {stuck_s:g} s (hung?)")
+        with self._threads_lock:
+            if self._threads_busy >= self._sync_threads_max:
+                raise _StillRunning(
+                    f"sync_threads_max: all {self._sync_threads_max} check threads are busy"
+                )
+            self._threads_busy += 1
+        state.thread_busy = True
+        state.thread_started_s = self._clock.now_s()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[object] = loop.create_future()
+        fn = state.check.fn
+
+        def deliver(outcome: object, error: Exception | None) -> None:
+            if future.done():  # the run already timed out and was cancelled
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(outcome)
+
+        def work() -> None:
+            outcome: object = None
+            error: Exception | None = None
+            try:
+                outcome = fn()
+            except Exception as exc:  # handed to the waiting probe as the check's failure
+                error = exc
+            finally:
+                state.thread_busy = False
+                with self._threads_lock:
+                    self._threads_busy -= 1
+            # If the loop closed while the check ran, nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(deliver, outcome, error)
+
+        # Daemon: a check hung forever must not keep the interpreter from exiting.
+        thread = threading.Thread(target=work, name=f"health-check:{state.check.name}", daemon=True)
+        thread.start()
+        return await future
+
+
+class _StillRunning(Exception):
+    """A sync check could not be started; reported as a timeout, never raised out."""
