@@ -1,0 +1,56 @@
+"""Idempotency keys: run an operation at most once per key and replay its result.
+
+The package owns the store contract (:mod:`.store`), two stores (:mod:`.memory`,
+:mod:`.sqlite`), request fingerprints (:mod:`.fingerprint`), the executor for library code
+(:mod:`.guard`) and the ASGI middleware for HTTP services (:mod:`.asgi`). See
+``docs/resilience-idempotency.md`` for the cases, limits and failure modes.
+"""
+
+from phalanx.resilience.idempotency.asgi import (
+    IdempotencyMiddleware,
+    StoredResponse,
+    decode_response,
+    definitive_status,
+    encode_response,
+    success_status,
+)
+from phalanx.resilience.idempotency.fingerprint import fingerprint_call, fingerprint_request
+from phalanx.resilience.idempotency.guard import (
+    FingerprintMismatch,
+    Idempotency,
+    IdempotencyStatistics,
+    KeyInProgress,
+    Ticket,
+    validate_key,
+)
+from phalanx.resilience.idempotency.memory import MemoryIdempotencyStore
+from phalanx.resilience.idempotency.sqlite import SqliteIdempotencyStore
+from phalanx.resilience.idempotency.store import (
+    Claim,
+    IdempotencyRecord,
+    IdempotencyStore,
+    RecordState,
+)
+
+__all__ = [
+    "Claim",
+    "FingerprintMismatch",
+    "Idempotency",
+    "IdempotencyMiddleware",
+    "IdempotencyRecord",
+    "IdempotencyStatistics",
+    "IdempotencyStore",
+    "KeyInProgress",
+    "MemoryIdempotencyStore",
+    "RecordState",
+    "SqliteIdempotencyStore",
+    "StoredResponse",
+    "Ticket",
+    "decode_response",
+    "definitive_status",
+    "encode_response",
+    "fingerprint_call",
+    "fingerprint_request",
+    "success_status",
+    "validate_key",
+]
