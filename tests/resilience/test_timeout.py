@@ -86,7 +86,7 @@ def test_sync_thread_mode_returns_on_time() -> None:
 def test_sync_thread_mode_passes_results_errors_and_deadline() -> None:
     clock = ManualClock()
     limiter = TimeLimiter(4.0, clock=clock)
-    assert limiter.call(lambda: remaining_s()) == 4.0
+    assert limiter.call(remaining_s) == 4.0
     with pytest.raises(KeyError):
         limiter.call(lambda: {}["missing"])
     limiter.shutdown(wait=True)
