@@ -4,7 +4,7 @@ Each factory returns a check function to pass to :meth:`HealthRegistry.add`:
 
 - :func:`ping_check` wraps any ping (sync or async callable, or a callable returning an
   awaitable) and fails when it returns something falsy;
-- :func:`sqlite_check` opens a SQLite file read-only and runs ``SELECT 1``;
+- :func:`sqlite_check` opens a SQLite file read-only and reads its schema;
 - :func:`tcp_check` opens (and closes) a TCP connection to ``host:port``;
 - :func:`breaker_check` fails while a circuit breaker is open.
 
@@ -90,9 +90,10 @@ async def _judged(awaitable: Awaitable[object], judge: Callable[[object], str]) 
 
 
 def sqlite_check(path: str | Path, *, busy_timeout_s: float = 0.25) -> Callable[[], str]:
-    """A check that opens the SQLite file at ``path`` read-only and runs ``SELECT 1``.
+    """A check that opens the SQLite file at ``path`` read-only and reads its schema.
 
-    The file is never created: a missing file fails the check instead of silently producing
+    Reading ``sqlite_master`` touches the file's first page, so a file that is not a database
+    (or is corrupt at its root) fails, where ``SELECT 1`` would not. The file is never created: a missing file fails the check instead of silently producing
     an empty database. ``busy_timeout_s`` bounds the wait for a lock held by a writer.
     """
     busy_s = require_positive("busy_timeout_s", busy_timeout_s)
@@ -104,12 +105,10 @@ def sqlite_check(path: str | Path, *, busy_timeout_s: float = 0.25) -> Callable[
         uri = f"{target.resolve().as_uri()}?mode=ro"
         connection = sqlite3.connect(uri, uri=True, timeout=busy_s)
         try:
-            row = connection.execute("SELECT 1").fetchone()
+            (tables,) = connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
         finally:
             connection.close()
-        if row != (1,):
-            raise CheckFailed(f"{target}: SELECT 1 returned {row!r}")
-        return ""
+        return f"schema objects: {tables}"
 
     return check
 

@@ -462,12 +462,14 @@ class HealthRegistry:
                 Probe.STARTUP, ProbeStatus.STARTING, reason, results, self._clock.now_s()
             )
         self._startup_complete = True
-        report = self._summarise(Probe.STARTUP, results)
-        if report.status is ProbeStatus.OK:
-            return ProbeReport(
-                Probe.STARTUP, ProbeStatus.OK, "started", results, report.checked_at_s
-            )
-        return report
+        # Each check passed at some point, so startup is complete even if one fails right now
+        # (that is readiness's business); say so rather than answer 503 for a finished startup.
+        failing = [r.name for r in results if not r.ok]
+        now_s = self._clock.now_s()
+        if failing:
+            reason = "started; degraded: " + ", ".join(failing)
+            return ProbeReport(Probe.STARTUP, ProbeStatus.DEGRADED, reason, results, now_s)
+        return ProbeReport(Probe.STARTUP, ProbeStatus.OK, "started", results, now_s)
 
     async def _run_all(self, probe: Probe) -> tuple[CheckResult, ...]:
         return await self._run_states([s for s in self._states.values() if probe in s.check.probes])
