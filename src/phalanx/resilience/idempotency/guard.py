@@ -358,9 +358,10 @@ class Idempotency:
         owner = self._next_owner()
         started_s = self.clock.now_s()
         self._maybe_purge(started_s)
+        until_s = started_s + self._wait_budget_s()
         waited = False
         while True:
-            ticket, pause_s = self._attempt(key, fingerprint, owner, started_s, waited=waited)
+            ticket, pause_s = self._attempt(key, fingerprint, owner, until_s, waited=waited)
             if ticket is not None:
                 return ticket
             waited = True
@@ -372,9 +373,10 @@ class Idempotency:
         owner = self._next_owner()
         started_s = self.clock.now_s()
         self._maybe_purge(started_s)
+        until_s = started_s + self._wait_budget_s()
         waited = False
         while True:
-            ticket, pause_s = self._attempt(key, fingerprint, owner, started_s, waited=waited)
+            ticket, pause_s = self._attempt(key, fingerprint, owner, until_s, waited=waited)
             if ticket is not None:
                 return ticket
             waited = True
@@ -436,8 +438,15 @@ class Idempotency:
         finally:
             self._purge_lock.release()
 
+    def _wait_budget_s(self) -> float:
+        # The caller's deadline, if sooner, bounds the wait too: waiting past it is useless.
+        left_s = remaining_s()
+        if left_s is None:
+            return self.wait_s
+        return min(self.wait_s, max(left_s, 0.0))
+
     def _attempt(
-        self, key: str, fingerprint: str, owner: str, started_s: float, *, waited: bool
+        self, key: str, fingerprint: str, owner: str, until_s: float, *, waited: bool
     ) -> tuple[Ticket | None, float]:
         """One claim: a ticket, or None and how long to pause before the next attempt."""
         wall_s = self.clock.wall_s()
@@ -465,24 +474,20 @@ class Idempotency:
             )
         if record.state is RecordState.COMPLETED:
             return self._replay(record, now_s), 0.0
-        allowed_s = self.wait_s
-        left_s = remaining_s()
-        if left_s is not None:
-            allowed_s = min(allowed_s, max(left_s, 0.0))
-        waited_s = now_s - started_s
-        if waited_s >= allowed_s:
+        left_s = until_s - now_s
+        if left_s <= 0:
             self._conflicts.incr()
-            self._emit("conflict", now_s, key, reason="in_progress", waited_s=waited_s)
+            self._emit("conflict", now_s, key, reason="in_progress")
             raise KeyInProgress(
                 f"idempotency key {key!r} is in progress in another execution "
-                f"(waited {waited_s:.3f}s of wait_s={self.wait_s})",
+                f"(wait_s={self.wait_s})",
                 key=key,
                 retry_after_s=max(min(record.lease_expires_at_s - wall_s, self.lease_s), 0.0),
             )
         if not waited:
             self._waits.incr()
             self._emit("wait", now_s, key)
-        return None, min(self.poll_interval_s, allowed_s - waited_s)
+        return None, min(self.poll_interval_s, left_s)
 
     def _replay(self, record: IdempotencyRecord, now_s: float) -> Ticket:
         stored = record.result or b""
