@@ -271,6 +271,7 @@ def test_keyboard_interrupt_is_never_retried() -> None:
     with pytest.raises(KeyboardInterrupt):
         Retry(retry_on=(BaseException,), clock=ManualClock()).call(fn)
     assert fn.calls["n"] == 1  # type: ignore[attr-defined]
+    assert remaining_s() is None  # the deadline scope was closed on the way out
 
 
 @pytest.mark.parametrize(

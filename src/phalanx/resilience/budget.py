@@ -27,7 +27,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 from phalanx.clock import SYSTEM_CLOCK, Clock
 from phalanx.errors import Timeout, Unavailable
 from phalanx.resilience.config import parse_ratio, require_non_negative, require_positive
-from phalanx.resilience.events import Emitter, Listener
+from phalanx.resilience.events import Emitter, Listener, Observable
 from phalanx.resilience.window import BucketWindow
 
 __all__ = ["AdaptiveThrottle", "RetryBudget", "RetryBudgetStatistics", "ThrottleStatistics"]
@@ -49,7 +49,7 @@ class RetryBudgetStatistics:
     retries_refused: int
 
 
-class RetryBudget:
+class RetryBudget(Observable):
     """A token budget for retries shared by many callers.
 
     Every first attempt deposits (:meth:`deposit`); every retry must withdraw
@@ -77,7 +77,7 @@ class RetryBudget:
         self._allowed = 0
         self._refused = 0
         self.name = name
-        self.events = Emitter("retry_budget", name, listeners)
+        self._emitter = Emitter("retry_budget", name, listeners)
 
     def _balance(self, now_s: float) -> float:
         requests = self._window.total(_REQUESTS, now_s)
@@ -101,7 +101,7 @@ class RetryBudget:
             else:
                 self._refused += 1
         if not ok:
-            self.events.emit("exhausted", now_s)
+            self._emitter.emit("exhausted", now_s)
         return ok
 
     def statistics(self) -> RetryBudgetStatistics:
@@ -124,7 +124,7 @@ class ThrottleStatistics:
     rejected_locally: int
 
 
-class AdaptiveThrottle:
+class AdaptiveThrottle(Observable):
     """Client-side adaptive throttling.
 
     ``overload_on`` names the exceptions that mean the backend refused the work (by default
@@ -156,7 +156,7 @@ class AdaptiveThrottle:
         self._lock = threading.Lock()
         self._rejected = 0
         self.name = name
-        self.events = Emitter("throttle", name, listeners)
+        self._emitter = Emitter("throttle", name, listeners)
 
     def _probability(self, now_s: float) -> float:
         requests = self._window.total(_REQUESTS, now_s)
@@ -178,7 +178,7 @@ class AdaptiveThrottle:
             if reject:
                 self._rejected += 1
         if reject:
-            self.events.emit("rejected", now_s)
+            self._emitter.emit("rejected", now_s)
         return not reject
 
     def record(self, error: BaseException | None) -> None:

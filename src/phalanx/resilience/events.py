@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-__all__ = ["Emitter", "Event", "Listener"]
+__all__ = ["Emitter", "Event", "Listener", "Observable"]
 
 _log = logging.getLogger("phalanx.resilience")
 _EMPTY: Mapping[str, object] = MappingProxyType({})
@@ -75,3 +75,18 @@ class Emitter:
                 listener(event)
             except Exception:
                 _log.exception("event listener %r failed on %r", listener, event)
+
+
+class Observable:
+    """Mixin for primitives that own an :class:`Emitter` in ``self._emitter``."""
+
+    __slots__ = ()
+    _emitter: Emitter
+
+    def add_listener(self, listener: Listener) -> None:
+        """Receive every future event of this primitive."""
+        self._emitter.add_listener(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        """Stop delivering events to ``listener``."""
+        self._emitter.remove_listener(listener)

@@ -53,7 +53,7 @@ from phalanx.resilience.backoff import Backoff
 from phalanx.resilience.budget import RetryBudget
 from phalanx.resilience.config import parse_count, parse_duration_s
 from phalanx.resilience.deadline import _DEADLINE, Deadline, tighter
-from phalanx.resilience.events import Emitter, Listener
+from phalanx.resilience.events import Emitter, Listener, Observable
 from phalanx.resilience.keys import current_idempotency_key
 from phalanx.resilience.stats import Counter
 
@@ -93,7 +93,7 @@ class _GiveUp(Exception):
         self.reason = reason
 
 
-class Retry:
+class Retry(Observable):
     """A retry policy; one object serves ``def`` and ``async def`` alike.
 
     >>> retry = Retry(attempts_max=5, base_delay_s=1.0, jitter="none")
@@ -152,7 +152,7 @@ class Retry:
         self.retry_after_max_s = parse_duration_s("retry_after_max_s", retry_after_max_s)
         self.reraise = reraise
         self.name = name
-        self.events = Emitter("retry", name, listeners)
+        self._emitter = Emitter("retry", name, listeners)
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
         self._calls = Counter()
@@ -211,8 +211,8 @@ class Retry:
         with self._lock:
             self._retries += 1
             self._delay_s_total += delay_s
-        if self.events.active:
-            self.events.emit(
+        if self._emitter.active:
+            self._emitter.emit(
                 "retry",
                 self._clock.now_s(),
                 {
@@ -228,8 +228,8 @@ class Retry:
     ) -> NoReturn:
         with self._lock:
             self._gave_up[reason] = self._gave_up.get(reason, 0) + 1
-        if self.events.active:
-            self.events.emit(
+        if self._emitter.active:
+            self._emitter.emit(
                 "gave_up", self._clock.now_s(), {"reason": reason, "attempts": attempt}
             )
         message = f"{self.name}: gave up after {attempt} attempt(s): {_REASONS[reason]}"
@@ -270,6 +270,9 @@ class Retry:
         except Exception as exc:
             _DEADLINE.reset(token)
             return self._retry_sync(fn, args, kwargs, deadline, exc, _NO_RESULT)
+        except BaseException:
+            _DEADLINE.reset(token)
+            raise
         _DEADLINE.reset(token)
         if self.retry_if_result is not None and not self._accepts(result):
             return self._retry_sync(fn, args, kwargs, deadline, None, result)
@@ -343,6 +346,9 @@ class Retry:
             except Exception as exc:
                 _DEADLINE.reset(token)
                 return await self._retry_async(fn, args, kwargs, deadline, exc, _NO_RESULT)
+            except BaseException:
+                _DEADLINE.reset(token)
+                raise
             _DEADLINE.reset(token)
         else:
             try:
@@ -422,6 +428,9 @@ class Retry:
             except Exception as exc:
                 reset(token)
                 return retry_sync(fn, args, kwargs, deadline, exc, _NO_RESULT)
+            except BaseException:
+                reset(token)
+                raise
             reset(token)
             if accepts is not None and not accepts(result):
                 return retry_sync(fn, args, kwargs, deadline, None, result)

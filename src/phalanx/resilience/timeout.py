@@ -35,7 +35,7 @@ from phalanx.clock import SYSTEM_CLOCK, Clock
 from phalanx.errors import BulkheadFull, DeadlineExceeded, Timeout
 from phalanx.resilience.config import parse_count, parse_duration_s
 from phalanx.resilience.deadline import _DEADLINE, Deadline, tighter
-from phalanx.resilience.events import Emitter, Listener
+from phalanx.resilience.events import Emitter, Listener, Observable
 from phalanx.resilience.stats import Counter
 
 __all__ = ["SYNC_MODES", "TimeLimiter", "TimeLimiterStatistics"]
@@ -56,7 +56,7 @@ class TimeLimiterStatistics:
     rejected: int
 
 
-class TimeLimiter:
+class TimeLimiter(Observable):
     """Bound calls to ``timeout_s`` seconds. See the module documentation for sync calls."""
 
     def __init__(
@@ -77,7 +77,7 @@ class TimeLimiter:
         if self.workers_max > WORKERS_MAX_LIMIT:
             raise ValueError(f"workers_max: at most {WORKERS_MAX_LIMIT}, got {workers_max}")
         self.name = name
-        self.events = Emitter("timeout", name, listeners)
+        self._emitter = Emitter("timeout", name, listeners)
         self._clock = clock
         self._calls = Counter()
         self._lock = threading.Lock()
@@ -101,7 +101,7 @@ class TimeLimiter:
     def _expired(self, limit_s: float, inherited: bool) -> Timeout:
         with self._lock:
             self._timeouts += 1
-        self.events.emit("timeout", self._clock.now_s(), {"limit_s": limit_s})
+        self._emitter.emit("timeout", self._clock.now_s(), {"limit_s": limit_s})
         if inherited:
             return DeadlineExceeded(f"{self.name}: the caller's deadline ({limit_s:.3f}s) passed")
         return Timeout(f"{self.name}: no answer within {limit_s:.3f}s")
