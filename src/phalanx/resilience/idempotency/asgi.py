@@ -38,6 +38,7 @@ import json
 import math
 import struct
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from phalanx.clock import SYSTEM_CLOCK, Clock
@@ -91,25 +92,13 @@ def definitive_status(status: int) -> bool:
     return 200 <= status < 500 and status not in (408, 409, 425, 429)
 
 
+@dataclass(slots=True)
 class StoredResponse:
     """A captured response: status, headers (raw ASGI pairs) and the whole body."""
 
-    __slots__ = ("body", "headers", "status")
-
-    def __init__(self, status: int, headers: Headers, body: bytes) -> None:
-        self.status = status
-        self.headers = headers
-        self.body = body
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, StoredResponse):
-            return NotImplemented
-        return (self.status, self.headers, self.body) == (other.status, other.headers, other.body)
-
-    __hash__ = None  # type: ignore[assignment]  # mutable: not hashable
-
-    def __repr__(self) -> str:
-        return f"StoredResponse(status={self.status}, headers={self.headers!r}, body=...)"
+    status: int
+    headers: Headers
+    body: bytes = field(repr=False)
 
 
 def encode_response(response: StoredResponse) -> bytes:

@@ -45,7 +45,7 @@ from phalanx.clock import SYSTEM_CLOCK, Clock
 from phalanx.errors import BadRequest, Conflict
 from phalanx.resilience.config import parse_count, parse_duration_s
 from phalanx.resilience.deadline import remaining_s
-from phalanx.resilience.events import Emitter, Listener
+from phalanx.resilience.events import Emitter, Listener, Observable
 from phalanx.resilience.idempotency.fingerprint import fingerprint_call
 from phalanx.resilience.idempotency.store import IdempotencyRecord, IdempotencyStore, RecordState
 from phalanx.resilience.keys import IDEMPOTENCY_KEY_BYTES_MAX, current_idempotency_key
@@ -157,7 +157,7 @@ def _json_decode(data: bytes) -> Any:
     return json.loads(data)
 
 
-class Idempotency:
+class Idempotency(Observable):
     """Run operations at most once per idempotency key, remembering their results.
 
     ``ttl_s``: how long a completed result is kept (and replayed) after completion, and the
@@ -228,12 +228,6 @@ class Idempotency:
             f"Idempotency(name={self.name!r}, ttl_s={self.ttl_s}, lease_s={self.lease_s}, "
             f"wait_s={self.wait_s})"
         )
-
-    def add_listener(self, listener: Listener) -> None:
-        self._emitter.add_listener(listener)
-
-    def remove_listener(self, listener: Listener) -> None:
-        self._emitter.remove_listener(listener)
 
     def statistics(self) -> IdempotencyStatistics:
         return IdempotencyStatistics(
