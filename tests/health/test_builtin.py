@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import sqlite3
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,7 +63,10 @@ async def test_ping_check_awaits_an_awaitable_returned_by_a_plain_callable() -> 
     async def ping() -> bool:
         return False
 
-    health.add("db", ping_check(lambda: ping()))
+    def plain() -> Awaitable[bool]:
+        return ping()
+
+    health.add("db", ping_check(plain))
     result = await health.run_check("db")
     assert result.message == "ping returned False"
 
@@ -78,7 +82,7 @@ async def test_ping_check_that_raises_fails() -> None:
 
 
 def test_ping_check_needs_a_callable() -> None:
-    with pytest.raises(ValueError, match="^ping:"):
+    with pytest.raises(ValueError, match=r"^ping:"):
         ping_check(42)  # type: ignore[arg-type]
 
 
@@ -119,7 +123,7 @@ async def test_sqlite_check_fails_on_a_file_that_is_not_a_database(tmp_path: Pat
 
 
 def test_sqlite_check_validates_busy_timeout() -> None:
-    with pytest.raises(ValueError, match="^busy_timeout_s:"):
+    with pytest.raises(ValueError, match=r"^busy_timeout_s:"):
         sqlite_check("x.db", busy_timeout_s=0)
 
 
@@ -148,9 +152,11 @@ async def test_tcp_check_connects_on_loopback_and_fails_once_closed() -> None:
     assert result.message.startswith(f"connect 127.0.0.1:{port}:")
 
 
-@pytest.mark.parametrize(("host", "port", "field"), [("", 80, "host"), ("h", 0, "port"), ("h", 70000, "port")])
+@pytest.mark.parametrize(
+    ("host", "port", "field"), [("", 80, "host"), ("h", 0, "port"), ("h", 70000, "port")]
+)
 def test_tcp_check_validates_its_address(host: str, port: int, field: str) -> None:
-    with pytest.raises(ValueError, match=f"^{field}:"):
+    with pytest.raises(ValueError, match=rf"^{field}:"):
         tcp_check(host, port)
 
 
@@ -207,5 +213,5 @@ def test_breaker_state_name_normalises() -> None:
 
 
 def test_breaker_check_needs_a_state() -> None:
-    with pytest.raises(ValueError, match="^breaker:"):
+    with pytest.raises(ValueError, match=r"^breaker:"):
         breaker_check(object())  # type: ignore[arg-type]

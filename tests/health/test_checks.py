@@ -435,7 +435,7 @@ async def test_set_ready_false_drains_readiness_only() -> None:
 )
 def test_bad_check_configuration_names_the_field(kwargs: dict[str, object], field: str) -> None:
     registry, _ = make()
-    with pytest.raises(ValueError, match=f"^{field}:"):
+    with pytest.raises(ValueError, match=rf"^{field}:"):
         registry.add("db", lambda: True, **kwargs)  # type: ignore[arg-type]
     assert registry.checks() == ()
 
@@ -450,19 +450,19 @@ def test_bad_check_configuration_names_the_field(kwargs: dict[str, object], fiel
     ],
 )
 def test_bad_registry_configuration_names_the_field(kwargs: dict[str, object], field: str) -> None:
-    with pytest.raises(ValueError, match=f"^{field}:"):
+    with pytest.raises(ValueError, match=rf"^{field}:"):
         HealthRegistry(**kwargs)  # type: ignore[arg-type]
 
 
 def test_duplicate_and_malformed_names_are_rejected() -> None:
     registry, _ = make()
     registry.add("db", lambda: True)
-    with pytest.raises(ValueError, match="^name: a check named 'db' is already registered"):
+    with pytest.raises(ValueError, match=r"^name: a check named 'db' is already registered"):
         registry.add("db", lambda: True)
     for bad in ("", " db", "db check", "x" * 101):
-        with pytest.raises(ValueError, match="^name:"):
+        with pytest.raises(ValueError, match=r"^name:"):
             registry.add(bad, lambda: True)
-    with pytest.raises(ValueError, match="^fn:"):
+    with pytest.raises(ValueError, match=r"^fn:"):
         registry.add("other", "not callable")  # type: ignore[arg-type]
 
 
@@ -470,7 +470,7 @@ def test_checks_max_is_enforced() -> None:
     registry, _ = make(checks_max=2)
     registry.add("a", lambda: True)
     registry.add("b", lambda: True)
-    with pytest.raises(ValueError, match="^checks_max: the registry already holds 2 checks"):
+    with pytest.raises(ValueError, match=r"^checks_max: the registry already holds 2 checks"):
         registry.add("c", lambda: True)
     registry.remove("a")
     registry.add("c", lambda: True)

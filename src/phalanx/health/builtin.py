@@ -93,8 +93,9 @@ def sqlite_check(path: str | Path, *, busy_timeout_s: float = 0.25) -> Callable[
     """A check that opens the SQLite file at ``path`` read-only and reads its schema.
 
     Reading ``sqlite_master`` touches the file's first page, so a file that is not a database
-    (or is corrupt at its root) fails, where ``SELECT 1`` would not. The file is never created: a missing file fails the check instead of silently producing
-    an empty database. ``busy_timeout_s`` bounds the wait for a lock held by a writer.
+    (or is corrupt at its root) fails, where ``SELECT 1`` would not. The file is never
+    created: a missing file fails the check instead of silently producing an empty database.
+    ``busy_timeout_s`` bounds the wait for a lock held by a writer.
     """
     busy_s = require_positive("busy_timeout_s", busy_timeout_s)
     target = Path(path)
