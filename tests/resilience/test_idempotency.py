@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 from collections import defaultdict
 from typing import Any
@@ -12,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from phalanx.clock import ManualClock
-from phalanx.errors import BadRequest, Conflict
+from phalanx.errors import BadRequest, Conflict, Timeout
 from phalanx.resilience.deadline import deadline
 from phalanx.resilience.events import Event
 from phalanx.resilience.idempotency import (
@@ -27,6 +28,7 @@ from phalanx.resilience.idempotency import (
     fingerprint_request,
 )
 from phalanx.resilience.keys import IDEMPOTENCY_KEY_BYTES_MAX, idempotency_key
+from phalanx.resilience.retry import Retry
 
 
 class Ledger:
@@ -484,3 +486,31 @@ def test_any_interleaving_runs_each_key_at_most_once(
                 assert result == f"{key}:{indexes[0]}"
     for result in results:
         assert isinstance(result, str | RuntimeError | KeyInProgress), result
+
+
+# -- with Retry -----------------------------------------------------------------------------
+
+
+def test_a_non_idempotent_retry_is_deduplicated_by_its_key() -> None:
+    guard, _, clock = make()
+    ledger = Ledger()
+    server = guard(ledger.charge)
+    answers_lost = [1]
+
+    def post_charge(amount: int) -> dict[str, int]:
+        result = server(amount)  # the server applies the charge (or replays it)
+        if answers_lost:
+            answers_lost.pop()
+            raise Timeout("the response was lost on the way back")
+        return result
+
+    retry = Retry(attempts_max=3, idempotent=False, clock=clock, rng=random.Random(7))
+    with pytest.raises(Timeout):
+        retry.call(post_charge, 5)  # no key: an indeterminate failure is not retried
+    assert ledger.charges == [5]
+
+    answers_lost.append(1)
+    with idempotency_key("charge-2"):
+        assert retry.call(post_charge, 6) == {"charge": 2, "amount": 6}
+    assert ledger.charges == [5, 6]  # retried, yet charged once
+    assert guard.statistics().hits == 1
