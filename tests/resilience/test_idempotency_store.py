@@ -287,3 +287,17 @@ def test_sqlite_two_connections_race_for_one_key(tmp_path: Path) -> None:
         assert first.acquired
         assert not second.acquired
         assert second.record.owner == "one"
+
+
+def test_busy_timeout_s_bounds_the_wait_for_another_writer(tmp_path: Path) -> None:
+    path = tmp_path / "keys.db"
+    with SqliteIdempotencyStore(path, busy_timeout_s=0) as store:
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                claim(store, "k", "o")
+            other.execute("ROLLBACK")
+            assert claim(store, "k", "o").acquired
+        finally:
+            other.close()
