@@ -1,0 +1,1 @@
+"""``make demo``: Phalanx's capabilities at work on embedded defaults."""

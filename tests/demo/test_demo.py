@@ -1,0 +1,20 @@
+from click.testing import CliRunner
+
+from phalanx.cli.main import _register, cli
+
+
+def test_demo_runs_end_to_end_and_summarises() -> None:
+    _register()
+    result = CliRunner().invoke(cli, ["demo", "--duration-s", "2", "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    for phase in ("healthy", "latency spike", "outage", "recovered"):
+        assert phase in result.output
+    assert "circuit breaker" in result.output
+    assert "During the outage the dependency received" in result.output
+
+
+def test_demo_rejects_a_silly_duration() -> None:
+    _register()
+    result = CliRunner().invoke(cli, ["demo", "--duration-s", "0"])
+    assert result.exit_code != 0
+    assert "duration-s" in result.output
