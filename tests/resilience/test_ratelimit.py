@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 
 import pytest
@@ -211,3 +212,32 @@ def test_never_more_than_burst_plus_rate_times_elapsed(
     assert all(after is not None and after > allowed for allowed, after in refusals)
     total = sum(n for _, n in admissions)
     assert limiter.statistics().permits == total
+
+
+@pytest.mark.parametrize("seed", range(50))
+def test_token_bucket_and_gcra_admit_the_same_calls(seed: int):
+    rng = random.Random(seed)
+    rate_per_s, burst = rng.uniform(0.5, 50), rng.randint(1, 10)
+    clocks = (ManualClock(), ManualClock())
+    bucket = TokenBucket(rate_per_s=rate_per_s, burst=burst, clock=clocks[0])
+    gcra = Gcra(rate_per_s=rate_per_s, burst=burst, clock=clocks[1])
+
+    def decide(limiter: RateLimiter, op: str, n: int, wait_s: float) -> object:
+        if op == "try":
+            return limiter.try_acquire(n)
+        try:
+            return round(limiter.acquire(n, max_wait_s=wait_s), 6)
+        except RateLimited:
+            return None
+
+    for step in range(80):
+        op, n, amount = (
+            rng.choice(["advance", "try", "acquire"]),
+            rng.randint(1, burst),
+            rng.uniform(0, 2),
+        )
+        if op == "advance":
+            for clock in clocks:
+                clock.advance(amount)
+            continue
+        assert decide(bucket, op, n, amount) == decide(gcra, op, n, amount), (seed, step)
