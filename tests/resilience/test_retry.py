@@ -416,3 +416,32 @@ def test_never_exceeds_attempts_or_deadline(
     assert clock.now_s() < total_timeout_s
     if result == "ok":
         assert calls == failures + 1
+
+
+def test_light_mode_skips_publishing_on_first_attempts_but_keeps_bounds() -> None:
+    clock = ManualClock()
+    retry = Retry(
+        attempts_max=10,
+        base_delay_s=1.0,
+        jitter="none",
+        total_timeout_s=5.0,
+        propagate_deadline=False,
+        clock=clock,
+    )
+    seen: list[float | None] = []
+    calls = {"n": 0}
+
+    @retry
+    def fn() -> str:
+        calls["n"] += 1
+        seen.append(remaining_s())
+        raise Unavailable("down")
+
+    with pytest.raises(Unavailable):
+        fn()
+    assert seen[0] is None  # the first attempt publishes nothing
+    assert seen[1:] == [4.0, 2.0]  # retries run inside the 5 s deadline
+    assert calls["n"] == 3
+    with deadline(1.5, clock=clock), pytest.raises(Unavailable):
+        fn()  # the caller's shorter deadline still bounds the loop
+    assert calls["n"] == 5

@@ -22,7 +22,9 @@ When it gives up, the last exception is re-raised with a note saying why (or, wi
 end in :class:`~phalanx.errors.RetryError` carrying ``last_result``.
 
 Timeouts: ``total_timeout_s`` bounds the whole loop and is published as the deadline of
-everything called inside. ``timeout_per_attempt_s`` cancels an async attempt that runs too
+everything called inside. Publishing costs about 150 ns per call (a context variable set and
+reset); on a hot sync path that calls nothing deadline-aware, a decorator made with
+``propagate_deadline=False`` skips it for first attempts (retries still publish). ``timeout_per_attempt_s`` cancels an async attempt that runs too
 long (raising :class:`~phalanx.errors.Timeout`, which is retryable). A running sync function
 cannot be interrupted: for sync calls both timeouts are cooperative, i.e. published as the
 deadline that nested Phalanx calls and :func:`~phalanx.resilience.deadline.remaining_s` obey.
@@ -118,6 +120,7 @@ class Retry(Observable):
         retry_after: Callable[[BaseException], float | None] | None = None,
         retry_after_max_s: float | str = 60.0,
         reraise: bool = True,
+        propagate_deadline: bool = True,
         clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
         name: str = "retry",
@@ -151,6 +154,7 @@ class Retry(Observable):
         self.retry_after = retry_after
         self.retry_after_max_s = parse_duration_s("retry_after_max_s", retry_after_max_s)
         self.reraise = reraise
+        self.propagate_deadline = propagate_deadline
         self.name = name
         self._emitter = Emitter("retry", name, listeners)
         self._clock = clock
@@ -244,6 +248,16 @@ class Retry(Observable):
 
     def _deadline(self) -> Deadline:
         return tighter(self.total_timeout_s, self._clock)
+
+    def _deadline_since(self, start_s: float) -> Deadline:
+        """The loop's deadline for a call that started at ``start_s`` on our clock."""
+        own: Deadline = (start_s + self.total_timeout_s, self._clock)
+        current = _DEADLINE.get()
+        if current is None:
+            return own
+        left_s = current[0] - current[1].now_s()
+        at_s = self._clock.now_s() + left_s
+        return own if own[0] <= at_s else (at_s, self._clock)
 
     def _attempt_deadline(self, deadline: Deadline) -> Deadline:
         per_attempt_s = self.timeout_per_attempt_s
@@ -410,6 +424,25 @@ class Retry(Observable):
         get, set_, reset = _DEADLINE.get, _DEADLINE.set, _DEADLINE.reset
         accepts = self._accepts if self.retry_if_result is not None else None
         retry_sync = self._retry_sync
+
+        if not self.propagate_deadline:
+            deadline_since = self._deadline_since
+
+            @functools.wraps(fn)
+            def light(*args: P.args, **kwargs: P.kwargs) -> R:
+                calls_incr()
+                if budget is not None:
+                    budget.deposit()
+                start_s = now_s()
+                try:
+                    result = fn(*args, **kwargs)
+                except Exception as exc:
+                    return retry_sync(fn, args, kwargs, deadline_since(start_s), exc, _NO_RESULT)
+                if accepts is not None and not accepts(result):
+                    return retry_sync(fn, args, kwargs, deadline_since(start_s), None, result)
+                return result
+
+            return light
 
         @functools.wraps(fn)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
