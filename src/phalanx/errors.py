@@ -16,6 +16,7 @@ Every failure a caller of Phalanx can observe is one of these classes, so a sing
     │   ├── BadRequest
     │   ├── TooLarge
     │   └── Conflict           e.g. an idempotency key is in use or reused with another payload
+    │                          (``resilience.idempotency``: KeyInProgress, FingerprintMismatch)
     ├── Indeterminate          the outcome is unknown (sent, but no answer)
     ├── RetryError             a retry policy gave up; ``last_exception`` holds the cause
     └── InvariantViolation     a bug: an internal invariant does not hold
