@@ -116,7 +116,7 @@ async def test_acall_accepts_plain_callables_returning_awaitables() -> None:
         return 7
 
     pipeline = Pipeline(Retry())
-    assert await pipeline.acall(lambda: value()) == 7
+    assert await pipeline.acall(lambda: value()) == 7  # noqa: PLW0108 - not a coroutine fn
     with pytest.raises(TypeError, match="acall"):
         pipeline.call(value)  # type: ignore[arg-type]
 

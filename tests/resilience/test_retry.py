@@ -185,7 +185,9 @@ def test_retry_after_longer_than_allowed_gives_up() -> None:
 
 def test_custom_retry_after_extractor() -> None:
     class Http503(Exception):
-        headers = {"Retry-After": "4"}
+        def __init__(self) -> None:
+            super().__init__("unavailable")
+            self.headers = {"Retry-After": "4"}
 
     clock = ManualClock()
     retry = Retry(
