@@ -626,7 +626,7 @@ ExceptionRule = type[BaseException] | Callable[[BaseException], bool]
 
 # Permits taken by ``with breaker:`` blocks in the current thread or task, innermost last.
 # A context variable (not an attribute) because one breaker serves many threads and tasks.
-_ENTERED: contextvars.ContextVar[tuple[Permit, ...]] = contextvars.ContextVar(
+_ENTERED: contextvars.ContextVar[tuple[Permit | CircuitBreaker, ...]] = contextvars.ContextVar(
     "phalanx_breaker_permits", default=()
 )
 
@@ -1169,7 +1169,11 @@ class CircuitBreaker:
 
         return cast(F, wrapper)
 
-    def __enter__(self) -> Permit:
+    def __enter__(self) -> Permit | None:
+        if self._fast is not None:
+            # Lock-free admission: the stack entry is the breaker itself, not a permit.
+            _ENTERED.set((*_ENTERED.get(), self))
+            return None
         permit = self.acquire()
         _ENTERED.set((*_ENTERED.get(), permit))
         return permit
@@ -1182,18 +1186,23 @@ class CircuitBreaker:
     ) -> None:
         stack = _ENTERED.get()
         for index in range(len(stack) - 1, -1, -1):
-            permit = stack[index]
-            if permit._breaker is self:
+            entry = stack[index]
+            if entry is self or (isinstance(entry, Permit) and entry._breaker is self):
                 _ENTERED.set(stack[:index] + stack[index + 1 :])
                 break
         else:
             raise RuntimeError(f"circuit breaker {self.name!r}: __exit__ without __enter__")
-        if exc is None:
-            permit.success()
+        if isinstance(entry, Permit):
+            if exc is None:
+                entry.success()
+            else:
+                entry.record_exception(exc)
+        elif exc is None:
+            self._ok.incr()
         else:
-            permit.record_exception(exc)
+            self._fast_exception(exc)
 
-    async def __aenter__(self) -> Permit:
+    async def __aenter__(self) -> Permit | None:
         return self.__enter__()
 
     async def __aexit__(
