@@ -16,19 +16,18 @@ three attempts per call triple the load on something already down. Two remedies:
 
 from __future__ import annotations
 
-import functools
-import inspect
 import random
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import ParamSpec, TypeVar
 
 from phalanx.clock import SYSTEM_CLOCK, Clock
 from phalanx.errors import Timeout, Unavailable
 from phalanx.resilience.config import parse_ratio, require_non_negative, require_positive
 from phalanx.resilience.events import Emitter, Listener, Observable
 from phalanx.resilience.window import BucketWindow
+from phalanx.resilience.wrapping import decorate
 
 __all__ = ["AdaptiveThrottle", "RetryBudget", "RetryBudgetStatistics", "ThrottleStatistics"]
 
@@ -214,20 +213,7 @@ class AdaptiveThrottle(Observable):
         return result
 
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
-        if inspect.iscoroutinefunction(fn):
-            afn = cast(Callable[..., Awaitable[Any]], fn)
-
-            @functools.wraps(fn)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                return await self.acall(afn, *args, **kwargs)
-
-            return cast(Callable[P, R], async_wrapper)
-
-        @functools.wraps(fn)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            return self.call(fn, *args, **kwargs)
-
-        return wrapper
+        return decorate(fn, self.call, self.acall)
 
     def statistics(self) -> ThrottleStatistics:
         now_s = self._clock.now_s()

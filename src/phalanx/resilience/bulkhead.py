@@ -26,13 +26,14 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import ParamSpec, TypeVar, cast
 
 from phalanx.clock import SYSTEM_CLOCK, Clock
 from phalanx.errors import BulkheadFull
 from phalanx.resilience.config import parse_count, parse_duration_s
 from phalanx.resilience.deadline import remaining_s
 from phalanx.resilience.events import Emitter, Listener
+from phalanx.resilience.wrapping import decorate_async
 
 __all__ = ["Bulkhead", "BulkheadStatistics"]
 
@@ -410,13 +411,7 @@ class Bulkhead:
     def __call__(self, fn: Callable[P, T]) -> Callable[P, T]:
         """Decorate a ``def`` or ``async def`` so every call goes through this bulkhead."""
         if inspect.iscoroutinefunction(fn):
-            async_fn = fn
-
-            @functools.wraps(fn)
-            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-                return await self.acall(async_fn, *args, **kwargs)
-
-            return cast(Callable[P, T], async_wrapper)
+            return cast(Callable[P, T], decorate_async(fn, self.acall))
 
         enter = self._enter
         leave = self._exit

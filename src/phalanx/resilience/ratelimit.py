@@ -26,18 +26,17 @@ sleeping forfeits its reservation: the limiter errs on the side of admitting les
 from __future__ import annotations
 
 import abc
-import functools
-import inspect
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, ParamSpec, TypeVar
+from typing import ClassVar, ParamSpec, TypeVar
 
 from phalanx.clock import SYSTEM_CLOCK, Clock
 from phalanx.errors import RateLimited
 from phalanx.resilience.config import parse_count, parse_duration_s, require_positive
 from phalanx.resilience.deadline import remaining_s
 from phalanx.resilience.events import Emitter, Listener
+from phalanx.resilience.wrapping import decorate
 
 __all__ = ["Gcra", "RateLimiter", "RateLimiterStatistics", "TokenBucket"]
 
@@ -224,20 +223,7 @@ class RateLimiter(abc.ABC):
 
     def __call__(self, fn: Callable[P, T]) -> Callable[P, T]:
         """Decorate a ``def`` or ``async def``: each call takes one permit first."""
-        if inspect.iscoroutinefunction(fn):
-            async_fn = fn
-
-            @functools.wraps(fn)
-            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-                return await self.acall(async_fn, *args, **kwargs)
-
-            return async_wrapper  # type: ignore[return-value]
-
-        @functools.wraps(fn)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-            return self.call(fn, *args, **kwargs)
-
-        return wrapper
+        return decorate(fn, self.call, self.acall)
 
     def statistics(self) -> RateLimiterStatistics:
         with self._lock:

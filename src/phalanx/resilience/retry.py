@@ -59,6 +59,7 @@ from phalanx.resilience.deadline import _DEADLINE, Deadline, tighter
 from phalanx.resilience.events import Emitter, Listener, Observable
 from phalanx.resilience.keys import current_idempotency_key
 from phalanx.resilience.stats import Counter
+from phalanx.resilience.wrapping import decorate_async
 
 __all__ = ["DEFAULT_RETRY_ON", "Retry", "RetryStatistics"]
 
@@ -405,13 +406,7 @@ class Retry(Observable):
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
         """Decorate ``fn`` (``def`` or ``async def``) with this policy."""
         if inspect.iscoroutinefunction(fn):
-            afn = cast(Callable[..., Awaitable[Any]], fn)
-
-            @functools.wraps(fn)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                return await self.acall(afn, *args, **kwargs)
-
-            return cast(Callable[P, R], async_wrapper)
+            return cast(Callable[P, R], decorate_async(fn, self.acall))
         return self._sync_wrapper(fn)
 
     def _sync_wrapper(self, fn: Callable[P, R]) -> Callable[P, R]:

@@ -23,13 +23,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
-import functools
-import inspect
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, ParamSpec, TypeVar, cast
+from typing import Any, Final, ParamSpec, TypeVar
 
 from phalanx.clock import SYSTEM_CLOCK, Clock
 from phalanx.errors import BulkheadFull, DeadlineExceeded, Timeout
@@ -37,6 +35,7 @@ from phalanx.resilience.config import parse_count, parse_duration_s
 from phalanx.resilience.deadline import _DEADLINE, Deadline, tighter
 from phalanx.resilience.events import Emitter, Listener, Observable
 from phalanx.resilience.stats import Counter
+from phalanx.resilience.wrapping import decorate
 
 __all__ = ["SYNC_MODES", "TimeLimiter", "TimeLimiterStatistics"]
 
@@ -186,20 +185,7 @@ class TimeLimiter(Observable):
     # -- decorator and context managers -------------------------------------------------
 
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
-        if inspect.iscoroutinefunction(fn):
-            afn = cast(Callable[..., Awaitable[Any]], fn)
-
-            @functools.wraps(fn)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                return await self.acall(afn, *args, **kwargs)
-
-            return cast(Callable[P, R], async_wrapper)
-
-        @functools.wraps(fn)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            return self.call(fn, *args, **kwargs)
-
-        return wrapper
+        return decorate(fn, self.call, self.acall)
 
     def __enter__(self) -> Deadline:
         """Publish the limit as a cooperative deadline for the block (sync code)."""
