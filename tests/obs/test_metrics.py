@@ -51,3 +51,17 @@ def test_breaker_state_gauge_follows_state_changes() -> None:
     for target, value in (("open", 2.0), ("half_open", 1.0), ("closed", 0.0)):
         metrics(Event("breaker", "inventory", "state_change", 0.0, {"from": "x", "to": target}))
         assert sample(registry, "phalanx_breaker_state", name="inventory") == value
+
+
+def test_listeners_can_be_removed_by_an_equal_bound_method() -> None:
+    events: list[Event] = []
+    retry = Retry(attempts_max=2, clock=ManualClock())
+    retry.add_listener(events.append)
+    retry.remove_listener(events.append)  # a different, equal bound-method object
+
+    def down() -> None:
+        raise Unavailable("down")
+
+    with pytest.raises(Unavailable):
+        retry.call(down)
+    assert events == []

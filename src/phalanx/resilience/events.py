@@ -63,7 +63,9 @@ class Emitter:
 
     def remove_listener(self, listener: Listener) -> None:
         with self._lock:
-            self._listeners = tuple(x for x in self._listeners if x is not listener)
+            # Equality, not identity: bound methods such as ``events.append`` are new objects
+            # each time they are looked up, but compare equal.
+            self._listeners = tuple(x for x in self._listeners if x != listener)
 
     def emit(self, kind: str, at_s: float, data: Mapping[str, object] | None = None) -> None:
         listeners = self._listeners
