@@ -447,3 +447,34 @@ def test_light_mode_skips_publishing_on_first_attempts_but_keeps_bounds() -> Non
     with deadline(1.5, clock=clock), pytest.raises(Unavailable):
         fn()  # the caller's shorter deadline still bounds the loop
     assert calls["n"] == 5
+
+
+async def test_async_decorator_publishes_deadline_and_checks_results() -> None:
+    clock = ManualClock()
+    values = iter([None, 5])
+    seen: list[float | None] = []
+
+    @Retry(
+        total_timeout_s=6.0,
+        base_delay_s=1.0,
+        jitter="none",
+        retry_if_result=lambda v: v is None,
+        clock=clock,
+    )
+    async def fn() -> int | None:
+        seen.append(remaining_s())
+        return next(values)
+
+    assert await fn() == 5
+    assert seen == [6.0, 5.0]
+    assert remaining_s() is None
+
+
+async def test_async_decorator_closes_its_scope_on_cancellation() -> None:
+    @Retry(clock=ManualClock())
+    async def cancelled() -> None:
+        raise asyncio.CancelledError
+
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled()
+    assert remaining_s() is None
