@@ -229,6 +229,14 @@ def cases() -> list[Case]:
             250,
         ),
         Case(
+            "retry, sync, no deadline publishing",
+            "sync",
+            _sync(
+                "@Retry(propagate_deadline=False)",
+                lambda: Retry(propagate_deadline=False)(f),
+            ),
+        ),
+        Case(
             "retry, async",
             "async",
             _async("@Retry()", lambda: Retry()(af)),
