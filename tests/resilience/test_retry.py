@@ -478,3 +478,55 @@ async def test_async_decorator_closes_its_scope_on_cancellation() -> None:
     with pytest.raises(asyncio.CancelledError):
         await cancelled()
     assert remaining_s() is None
+
+
+def test_attempts_loop_retries_a_block() -> None:
+    clock = ManualClock()
+    retry = Retry(base_delay_s=1.0, jitter="none", timeout_per_attempt_s=3.0, clock=clock)
+    fn = flaky(2)
+    seen: list[float | None] = []
+    numbers = []
+    for attempt in retry.attempts():
+        with attempt:
+            numbers.append(attempt.number)
+            seen.append(remaining_s())
+            result = fn()
+    assert result == "ok"
+    assert numbers == [1, 2, 3]
+    assert seen == [3.0, 3.0, 3.0]  # each block runs under its attempt's deadline
+    assert clock.sleeps_s == [1.0, 2.0]
+    assert remaining_s() is None
+    assert retry.statistics().retries == 2
+
+
+def test_attempts_loop_gives_up_with_the_last_error() -> None:
+    retry = Retry(attempts_max=2, clock=ManualClock())
+    count = 0
+    with pytest.raises(Unavailable) as info:
+        for attempt in retry.attempts():
+            with attempt:
+                count += 1
+                raise Unavailable("down")
+    assert count == 2
+    assert any("attempts_max" in note for note in info.value.__notes__)
+
+
+def test_attempts_loop_does_not_retry_non_retryable_errors() -> None:
+    count = 0
+    with pytest.raises(BadRequest):
+        for attempt in Retry(clock=ManualClock()).attempts():
+            with attempt:
+                count += 1
+                raise BadRequest("no")
+    assert count == 1
+
+
+async def test_async_attempts_loop() -> None:
+    clock = ManualClock()
+    fn = flaky(1)
+    async for attempt in Retry(base_delay_s=2.0, jitter="none", clock=clock).aattempts():
+        with attempt:
+            await asyncio.sleep(0)
+            value = fn()
+    assert value == "ok"
+    assert clock.sleeps_s == [2.0]

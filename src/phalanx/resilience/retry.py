@@ -39,13 +39,15 @@ import inspect
 import math
 import random
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any, Final, NoReturn, ParamSpec, TypeVar, cast
 
 from phalanx.clock import SYSTEM_CLOCK, Clock
 from phalanx.errors import (
     Indeterminate,
+    InvariantViolation,
     Outcome,
     RetryError,
     Timeout,
@@ -401,6 +403,63 @@ class Retry(Observable):
             if error is None and self._accepts(result):
                 return cast(R, result)
 
+    # -- attempts as a loop ---------------------------------------------------------------
+
+    def _attempts_start(self) -> Deadline:
+        self._calls.incr()
+        if self.budget is not None:
+            self.budget.deposit()
+        return self._deadline()
+
+    def _after_attempt(self, attempt: Attempt, delay_s: float) -> float:
+        """The delay before the next attempt; re-raises the error when retrying stops."""
+        error = attempt.error
+        if error is None:
+            raise InvariantViolation("retry: planning after an attempt that did not fail")
+        try:
+            return self._plan(attempt.number, error, delay_s, attempt.deadline)
+        except _GiveUp as stop:
+            self._give_up(stop.reason, attempt.number, error, _NO_RESULT)
+
+    def attempts(self) -> Iterator[Attempt]:
+        """Retry a block of sync code::
+
+            for attempt in retry.attempts():
+                with attempt:
+                    send(order)
+
+        Each ``with attempt:`` block runs under the deadline; an exception leaving it is
+        swallowed while the policy retries and re-raised (with a note) when it gives up.
+        """
+        deadline = self._attempts_start()
+        number, delay_s = 1, 0.0
+        while True:
+            attempt = Attempt(number, deadline, self._attempt_deadline(deadline))
+            yield attempt
+            if not attempt.failed:
+                return
+            delay_s = self._after_attempt(attempt, delay_s)
+            self._clock.sleep(delay_s)
+            number += 1
+
+    async def aattempts(self) -> AsyncIterator[Attempt]:
+        """Retry a block of async code: ``async for attempt in retry.aattempts(): with attempt:``.
+
+        Waits with the clock's ``asleep``. ``timeout_per_attempt_s`` is published as the
+        attempt's deadline but not enforced here; wrap the block in a ``TimeLimiter`` to
+        cancel slow attempts.
+        """
+        deadline = self._attempts_start()
+        number, delay_s = 1, 0.0
+        while True:
+            attempt = Attempt(number, deadline, self._attempt_deadline(deadline))
+            yield attempt
+            if not attempt.failed:
+                return
+            delay_s = self._after_attempt(attempt, delay_s)
+            await self._clock.asleep(delay_s)
+            number += 1
+
     # -- decorator ----------------------------------------------------------------------
 
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
@@ -527,6 +586,40 @@ class Retry(Observable):
             f"Retry(name={self.name!r}, attempts_max={self.attempts_max}, "
             f"total_timeout_s={timeout}, {self.backoff!r})"
         )
+
+
+class Attempt:
+    """One attempt of :meth:`Retry.attempts`; use it as a context manager around the work."""
+
+    __slots__ = ("_token", "deadline", "error", "failed", "number", "scope")
+
+    def __init__(self, number: int, deadline: Deadline, scope: Deadline) -> None:
+        self.number = number
+        self.deadline = deadline  # of the whole loop
+        self.scope = scope  # published inside the block: the attempt's own deadline
+        self.error: BaseException | None = None
+        self.failed = False
+        self._token: Any = None
+
+    def __enter__(self) -> Attempt:
+        self._token = _DEADLINE.set(self.scope)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        _DEADLINE.reset(self._token)
+        if exc is None or not isinstance(exc, Exception):
+            return False  # success, or cancellation / interrupts: never swallowed
+        self.error = exc
+        self.failed = True
+        return True  # the loop decides: retry, or re-raise it with a note
+
+    def __repr__(self) -> str:
+        return f"Attempt(number={self.number}, failed={self.failed})"
 
 
 _REASONS: Final = {
