@@ -46,7 +46,7 @@ from phalanx.resilience.pipeline import Pipeline, Policy
 from phalanx.resilience.pool import BoundedPool, PoolStatistics
 from phalanx.resilience.ratelimit import Gcra, RateLimiter, RateLimiterStatistics, TokenBucket
 from phalanx.resilience.registry import BulkheadRegistry
-from phalanx.resilience.retry import DEFAULT_RETRY_ON, Retry, RetryStatistics
+from phalanx.resilience.retry import DEFAULT_RETRY_ON, Attempt, Retry, RetryStatistics
 from phalanx.resilience.threadpool import ThreadPoolBulkhead, ThreadPoolStatistics
 from phalanx.resilience.timeout import TimeLimiter, TimeLimiterStatistics
 
@@ -54,6 +54,7 @@ __all__ = [
     "DEFAULT_RETRY_ON",
     "JITTER_MODES",
     "AdaptiveThrottle",
+    "Attempt",
     "Backoff",
     "BoundedPool",
     "BreakerConfig",
