@@ -10,13 +10,16 @@ bound (the plain ``ThreadPoolExecutor`` queue has no limit).
 
 A call that times out keeps running on its worker: Python cannot stop a thread. The caller
 gets :class:`~phalanx.errors.Timeout` (outcome INDETERMINATE) and the worker stays busy until
-the function returns, which is exactly the isolation a bulkhead is for.
+the function returns, which is exactly the isolation a bulkhead is for. Workers are daemon
+threads, so a call that never returns does not keep the process from exiting. Calls run in
+a copy of the submitter's context: the propagated deadline and idempotency key follow them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import functools
 import inspect
 import threading
@@ -30,6 +33,7 @@ from phalanx.errors import BulkheadFull, Timeout
 from phalanx.resilience.config import parse_count, parse_duration_s
 from phalanx.resilience.deadline import remaining_s
 from phalanx.resilience.events import Emitter, Listener
+from phalanx.resilience.workers import DaemonThreadPool
 
 __all__ = ["ThreadPoolBulkhead", "ThreadPoolStatistics"]
 
@@ -97,9 +101,7 @@ class ThreadPoolBulkhead:
         self._clock = clock
         self._emitter = Emitter("thread_pool", name, listeners)
         self._capacity = self.max_workers + self.max_queue
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=self.max_workers, thread_name_prefix=f"phalanx-{name}"
-        )
+        self._executor = DaemonThreadPool(self.max_workers, name=f"phalanx-{name}")
         self._lock = threading.Lock()
         self._in_flight = 0
         self._running = 0
@@ -197,7 +199,10 @@ class ThreadPoolBulkhead:
                 f"{self.max_queue} queued"
             )
         try:
-            future = self._executor.submit(self._run, fn, *args, **kwargs)
+            run_in_context: Callable[..., T] = contextvars.copy_context().run
+            future: concurrent.futures.Future[T] = self._executor.submit(
+                run_in_context, self._run, fn, *args, **kwargs
+            )
         except BaseException:
             with self._lock:
                 self._in_flight -= 1
@@ -228,11 +233,12 @@ class ThreadPoolBulkhead:
         """
         timeout_s = self._wait_budget_s()
         future = self.submit(fn, *args, **kwargs)
-        try:
-            return future.result(timeout=timeout_s)
-        except concurrent.futures.TimeoutError:
+        # Wait, then look: a TimeoutError raised by ``fn`` itself must reach the caller as is.
+        done, _ = concurrent.futures.wait((future,), timeout=timeout_s)
+        if not done:
             future.cancel()
-            raise self._timed_out_error(timeout_s) from None
+            raise self._timed_out_error(timeout_s)
+        return future.result()
 
     async def acall(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run the synchronous ``fn`` on the pool from async code and await its result.
@@ -241,11 +247,14 @@ class ThreadPoolBulkhead:
         """
         timeout_s = self._wait_budget_s()
         future = asyncio.wrap_future(self.submit(fn, *args, **kwargs))
+        scope = asyncio.timeout(timeout_s)
         try:
-            async with asyncio.timeout(timeout_s):
+            async with scope:
                 return await future
         except TimeoutError:
-            raise self._timed_out_error(timeout_s) from None
+            if scope.expired():
+                raise self._timed_out_error(timeout_s) from None
+            raise
 
     def __call__(self, fn: Callable[P, T]) -> Callable[P, T]:
         """Decorate a plain function so each call runs on the pool (via :meth:`call`)."""

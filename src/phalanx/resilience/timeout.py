@@ -11,6 +11,7 @@ everything called inside.
   :class:`~phalanx.errors.Timeout` on time, while the abandoned call finishes in the
   background and keeps its worker until then. When every worker is held,
   new calls are refused with :class:`~phalanx.errors.BulkheadFull` rather than queued.
+  Workers are daemon threads: a call that never returns does not block process exit.
   ``sync_mode="cooperative"`` runs the call in the caller's thread and only publishes the
   deadline; nested Phalanx calls and :func:`~phalanx.resilience.deadline.remaining_s` obey
   it. Overruns are counted in ``statistics().overruns``.
@@ -35,6 +36,7 @@ from phalanx.resilience.config import parse_count, parse_duration_s
 from phalanx.resilience.deadline import _DEADLINE, Deadline, tighter
 from phalanx.resilience.events import Emitter, Listener, Observable
 from phalanx.resilience.stats import Counter
+from phalanx.resilience.workers import DaemonThreadPool
 from phalanx.resilience.wrapping import decorate
 
 __all__ = ["SYNC_MODES", "TimeLimiter", "TimeLimiterStatistics"]
@@ -84,7 +86,7 @@ class TimeLimiter(Observable):
         self._overruns = 0
         self._rejected = 0
         self._busy = 0
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._executor: DaemonThreadPool | None = None
         self._scopes: contextvars.ContextVar[list[tuple[Any, Any]]] = contextvars.ContextVar(
             f"phalanx_time_limiter_{id(self)}"
         )
@@ -105,12 +107,10 @@ class TimeLimiter(Observable):
             return DeadlineExceeded(f"{self.name}: the caller's deadline ({limit_s:.3f}s) passed")
         return Timeout(f"{self.name}: no answer within {limit_s:.3f}s")
 
-    def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
+    def _pool(self) -> DaemonThreadPool:
         with self._lock:
             if self._executor is None:
-                self._executor = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=self.workers_max, thread_name_prefix=f"phalanx-{self.name}"
-                )
+                self._executor = DaemonThreadPool(self.workers_max, name=f"phalanx-{self.name}")
             return self._executor
 
     # -- sync ---------------------------------------------------------------------------
@@ -154,10 +154,11 @@ class TimeLimiter(Observable):
         context.run(_DEADLINE.set, deadline)
         future = self._pool().submit(context.run, fn, *args, **kwargs)
         future.add_done_callback(self._release)
-        try:
-            return future.result(timeout=limit_s)
-        except concurrent.futures.TimeoutError:
-            raise self._expired(limit_s, inherited) from None
+        # Wait, then look: a TimeoutError raised by ``fn`` itself must reach the caller as is.
+        done, _ = concurrent.futures.wait((future,), timeout=limit_s)
+        if not done:
+            raise self._expired(limit_s, inherited)
+        return future.result()
 
     def _release(self, _future: concurrent.futures.Future[Any]) -> None:
         with self._lock:
