@@ -48,14 +48,23 @@ def test_full_jitter_spreads_delays() -> None:
     mode=st.sampled_from(JITTER_MODES),
     base=st.floats(min_value=0.0, max_value=10.0),
     extra=st.floats(min_value=0.0, max_value=100.0),
-    attempt=st.integers(min_value=0, max_value=200),
+    attempt=st.integers(min_value=0, max_value=10**9),
     previous=st.floats(min_value=0.0, max_value=1000.0),
     seed=st.integers(min_value=0, max_value=2**32),
+    multiplier=st.floats(min_value=1.0, max_value=1000.0),
 )
 def test_delay_always_within_bounds(
-    mode: str, base: float, extra: float, attempt: int, previous: float, seed: int
+    mode: str,
+    base: float,
+    extra: float,
+    attempt: int,
+    previous: float,
+    seed: int,
+    multiplier: float,
 ) -> None:
-    backoff = Backoff(base_delay_s=base, max_delay_s=base + extra, jitter=mode)
+    backoff = Backoff(
+        base_delay_s=base, max_delay_s=base + extra, jitter=mode, multiplier=multiplier
+    )
     delay = backoff.delay_s(attempt, previous, random.Random(seed))
     assert 0.0 <= delay <= backoff.max_delay_s
 

@@ -133,6 +133,8 @@ def test_throttle_bad_configuration() -> None:
         AdaptiveThrottle(k=0.5)
     with pytest.raises(ValueError, match="window_s"):
         AdaptiveThrottle(window_s=-1)
+    with pytest.raises(ValueError, match="overload_on"):
+        AdaptiveThrottle(overload_on=(1,))  # type: ignore[arg-type]
 
 
 def test_bucket_window_limits() -> None:

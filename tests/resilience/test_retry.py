@@ -289,6 +289,10 @@ def test_keyboard_interrupt_is_never_retried() -> None:
         ({"base_delay_s": "1 second"}, "base_delay_s"),
         ({"retry_on": (int,)}, "retry_on"),
         ({"retry_on": 3}, "retry_on"),
+        ({"retry_if_result": "yes"}, "retry_if_result"),
+        ({"retry_after": 5}, "retry_after"),
+        ({"budget": "x"}, "budget"),
+        ({"multiplier": 1e6}, "multiplier"),
     ],
 )
 def test_bad_configuration_fails_at_construction(kwargs: dict[str, object], field: str) -> None:
@@ -530,3 +534,25 @@ async def test_async_attempts_loop() -> None:
             value = fn()
     assert value == "ok"
     assert clock.sleeps_s == [2.0]
+
+
+async def test_per_attempt_timeout_is_capped_by_the_total_deadline() -> None:
+    calls = 0
+
+    async def slow() -> None:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(10)
+
+    retry = Retry(
+        attempts_max=5,
+        total_timeout_s=0.05,
+        timeout_per_attempt_s=10.0,
+        base_delay_s=0.0,
+        max_delay_s=0.0,
+    )
+    with pytest.raises(Timeout):
+        await retry.acall(slow)
+    # The first attempt was cancelled at the 50 ms total deadline, not its own 10 s limit,
+    # and no attempt started after it.
+    assert calls == 1

@@ -21,6 +21,7 @@ Jitter modes (see "Exponential Backoff And Jitter", AWS Architecture Blog, 2015)
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Final
 
@@ -31,12 +32,13 @@ __all__ = ["JITTER_MODES", "Backoff"]
 JITTER_MODES: Final = ("full", "equal", "decorrelated", "proportional", "none")
 # Exponents beyond this would overflow float for any sane base; the cap applies long before.
 _EXPONENT_MAX: Final = 62
+MULTIPLIER_MAX: Final = 1000.0
 
 
 class Backoff:
     """An exponential backoff schedule with a jitter mode. Immutable and thread-safe."""
 
-    __slots__ = ("base_delay_s", "jitter", "max_delay_s", "multiplier")
+    __slots__ = ("_exponent_max", "base_delay_s", "jitter", "max_delay_s", "multiplier")
 
     def __init__(
         self,
@@ -53,17 +55,27 @@ class Backoff:
                 f"max_delay_s: must be >= base_delay_s ({base_delay_s}), got {max_delay_s}"
             )
         self.multiplier = require_positive("multiplier", multiplier)
-        if self.multiplier < 1.0:
-            raise ValueError(f"multiplier: must be >= 1, got {multiplier}")
+        if not 1.0 <= self.multiplier <= MULTIPLIER_MAX:
+            raise ValueError(
+                f"multiplier: must be between 1 and {MULTIPLIER_MAX}, got {multiplier}"
+            )
         if jitter not in JITTER_MODES:
             raise ValueError(f"jitter: unknown mode {jitter!r}; expected one of {JITTER_MODES}")
         self.jitter = jitter
+        # Past this exponent the schedule is at its cap; stopping there keeps the power from
+        # overflowing a float whatever the multiplier.
+        if self.base_delay_s == 0 or self.multiplier == 1.0:
+            self._exponent_max = 0
+        else:
+            log_ratio = math.log(self.max_delay_s) - math.log(self.base_delay_s)
+            steps = math.ceil(log_ratio / math.log(self.multiplier)) + 1
+            self._exponent_max = min(_EXPONENT_MAX, steps)
 
     def schedule_s(self, retry_index: int) -> float:
         """The un-jittered, capped delay before retry number ``retry_index`` (from 0)."""
         if retry_index < 0:
             raise ValueError(f"retry_index: must be >= 0, got {retry_index}")
-        exponent = min(retry_index, _EXPONENT_MAX)
+        exponent = min(retry_index, self._exponent_max)
         return min(self.max_delay_s, self.base_delay_s * self.multiplier**exponent)
 
     def delay_s(self, retry_index: int, previous_delay_s: float, rng: random.Random) -> float:

@@ -148,6 +148,12 @@ class AdaptiveThrottle(Observable):
         if self.k < 1.0:
             raise ValueError(f"k: must be >= 1 (1 rejects as soon as anything fails), got {k}")
         self.window_s = require_positive("window_s", window_s)
+        if not isinstance(overload_on, tuple) or not all(
+            isinstance(kind, type) and issubclass(kind, BaseException) for kind in overload_on
+        ):
+            raise ValueError(
+                f"overload_on: expected a tuple of exception types, got {overload_on!r}"
+            )
         self.overload_on = overload_on
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()

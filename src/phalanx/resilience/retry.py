@@ -21,14 +21,17 @@ When it gives up, the last exception is re-raised with a note saying why (or, wi
 ``reraise=False``, wrapped in :class:`~phalanx.errors.RetryError`). Rejected results always
 end in :class:`~phalanx.errors.RetryError` carrying ``last_result``.
 
-Timeouts: ``total_timeout_s`` bounds the whole loop and is published as the deadline of
-everything called inside. Publishing costs about 150 ns per call (a context variable set and
+Timeouts: ``total_timeout_s`` bounds the retry loop (no attempt starts and no backoff sleep
+ends past it) and is published as the deadline of everything called inside, so
+deadline-aware callees end by it. It does not cancel an attempt in flight by itself: set
+``timeout_per_attempt_s`` for that, and each async attempt is cancelled at the sooner of its
+own limit and the total deadline. Publishing costs about 150 ns per call (a context variable set and
 reset); on a hot sync path that calls nothing deadline-aware, a decorator made with
 ``propagate_deadline=False`` skips it for first attempts (retries still publish).
-``timeout_per_attempt_s`` cancels an async attempt that runs too long (raising
-:class:`~phalanx.errors.Timeout`, which is retryable). A running sync function cannot be
-interrupted: for sync calls both timeouts are cooperative, i.e. published as the deadline
-that nested Phalanx calls and :func:`~phalanx.resilience.deadline.remaining_s` obey.
+A cancelled attempt raises :class:`~phalanx.errors.Timeout`, which is retryable. A running
+sync function cannot be interrupted: for sync calls both timeouts are cooperative, i.e.
+published as the deadline that nested Phalanx calls and
+:func:`~phalanx.resilience.deadline.remaining_s` obey.
 """
 
 from __future__ import annotations
@@ -152,6 +155,14 @@ class Retry(Observable):
         elif not callable(retry_on):
             raise ValueError("retry_on: expected a tuple of exception types or a predicate")
         self.retry_on = retry_on
+        for field_name, hook in (
+            ("retry_if_result", retry_if_result),
+            ("retry_after", retry_after),
+        ):
+            if hook is not None and not callable(hook):
+                raise ValueError(f"{field_name}: expected a callable or None, got {hook!r}")
+        if budget is not None and not isinstance(budget, RetryBudget):
+            raise ValueError(f"budget: expected a RetryBudget or None, got {budget!r}")
         self.retry_if_result = retry_if_result
         self.idempotent = idempotent
         self.budget = budget
