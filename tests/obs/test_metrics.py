@@ -65,3 +65,37 @@ def test_listeners_can_be_removed_by_an_equal_bound_method() -> None:
     with pytest.raises(Unavailable):
         retry.call(down)
     assert events == []
+
+
+def test_watching_is_idempotent_and_names_must_be_distinct() -> None:
+    registry = CollectorRegistry()
+    metrics = PrometheusMetrics(registry)
+    retry = Retry(attempts_max=2, clock=ManualClock(), name="db")
+    metrics.watch(retry, retry)
+    metrics.watch(retry)
+
+    def down() -> None:
+        raise Unavailable("down")
+
+    with pytest.raises(Unavailable):
+        retry.call(down)
+    labels = {"primitive": "retry", "name": "db", "kind": "retry"}
+    assert sample(registry, "phalanx_resilience_events_total", **labels) == 1
+    with pytest.raises(ValueError, match="distinct name"):
+        metrics.watch(Retry(name="db"))
+
+
+def test_a_failing_statistics_does_not_fail_the_scrape() -> None:
+    class Broken:
+        name = "broken"
+
+        def add_listener(self, listener: object) -> None:
+            pass
+
+        def statistics(self) -> None:
+            raise RuntimeError("bug")
+
+    registry = CollectorRegistry()
+    metrics = PrometheusMetrics(registry)
+    metrics.watch(Broken(), Bulkhead(max_concurrent=3, name="ok"))
+    assert b"phalanx_bulkhead_max_concurrent" in generate_latest(registry)

@@ -19,6 +19,7 @@ It exports
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import threading
 from collections.abc import Iterator
@@ -36,6 +37,8 @@ BREAKER_STATE_VALUES: Final = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
 RETRY_DELAY_BUCKETS_S: Final = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 WATCHED_MAX: Final = 10_000
 
+_log = logging.getLogger("phalanx.obs.metrics")
+
 
 class Watchable(Protocol):
     def add_listener(self, listener: Listener) -> None: ...
@@ -43,6 +46,12 @@ class Watchable(Protocol):
 
 def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _series_key(primitive: object) -> tuple[str, str]:
+    """The (kind, name) pair that labels a primitive's statistics series."""
+    kind = _snake(type(primitive).__name__)
+    return kind, str(getattr(primitive, "name", kind))
 
 
 class PrometheusMetrics(Collector):
@@ -94,10 +103,23 @@ class PrometheusMetrics(Collector):
     def watch(self, *primitives: Watchable) -> None:
         """Subscribe to the events of ``primitives`` and export their statistics."""
         with self._lock:
-            if len(self._watched) + len(primitives) > WATCHED_MAX:
+            taken = {_series_key(p) for p in self._watched}
+            fresh: list[Any] = []
+            for primitive in primitives:
+                if any(primitive is p for p in (*self._watched, *fresh)):
+                    continue  # watching twice would count every event twice
+                key = _series_key(primitive)
+                if key in taken:
+                    raise ValueError(
+                        f"primitives: another watched {key[0]} is already named {key[1]!r}; "
+                        "give each primitive a distinct name"
+                    )
+                taken.add(key)
+                fresh.append(primitive)
+            if len(self._watched) + len(fresh) > WATCHED_MAX:
                 raise ValueError(f"primitives: at most {WATCHED_MAX} can be watched")
-            self._watched.extend(primitives)
-        for primitive in primitives:
+            self._watched.extend(fresh)
+        for primitive in fresh:
             primitive.add_listener(self)
             state = getattr(primitive, "state", None)
             name = getattr(primitive, "name", None)
@@ -113,11 +135,15 @@ class PrometheusMetrics(Collector):
             statistics = getattr(primitive, "statistics", None)
             if not callable(statistics):
                 continue
-            stats = statistics()
+            try:
+                stats = statistics()
+            except Exception:
+                # One broken primitive must not fail the whole scrape.
+                _log.exception("statistics() of %r failed", primitive)
+                continue
             if not dataclasses.is_dataclass(stats):
                 continue
-            kind = _snake(type(primitive).__name__)
-            name = str(getattr(primitive, "name", kind))
+            kind, name = _series_key(primitive)
             for field in dataclasses.fields(stats):
                 value = getattr(stats, field.name)
                 if isinstance(value, bool):
