@@ -316,6 +316,24 @@ def test_bad_configuration_is_rejected_naming_the_field(field: str, value: float
         Idempotency(MemoryIdempotencyStore(), **{field: value})
 
 
+@pytest.mark.parametrize(
+    ("field", "kwargs"),
+    [
+        ("store", {"store": None}),
+        ("store", {"store": object()}),
+        ("encode", {"encode": None}),
+        ("decode", {"decode": "json"}),
+    ],
+)
+def test_a_missing_store_or_codec_is_rejected_naming_the_field(
+    field: str, kwargs: dict[str, Any]
+) -> None:
+    arguments: dict[str, Any] = {"store": MemoryIdempotencyStore(), **kwargs}
+    store = arguments.pop("store")
+    with pytest.raises(ValueError, match=field):
+        Idempotency(store, **arguments)
+
+
 def test_lease_s_may_not_exceed_ttl_s() -> None:
     with pytest.raises(ValueError, match="lease_s"):
         Idempotency(MemoryIdempotencyStore(), ttl_s=10, lease_s=11)
@@ -390,6 +408,97 @@ def test_the_decorator_can_require_a_key_and_compute_fingerprints() -> None:
         with pytest.raises(FingerprintMismatch, match="amount=1"):
             charge(2)
     assert ledger.charges == [1]
+
+
+def test_decorated_functions_under_one_key_are_recorded_separately() -> None:
+    guard, store, _ = make()
+    effects: list[str] = []
+
+    @guard
+    def charge(order: str, cents: int) -> str:
+        effects.append(f"charge {order}")
+        return "receipt-1"
+
+    @guard
+    def email(order: str) -> bool:
+        effects.append(f"email {order}")
+        return True
+
+    with idempotency_key("order-7"):
+        assert charge("o7", 500) == "receipt-1"
+        assert email("o7") is True
+        assert charge("o7", 500) == "receipt-1"
+        assert email("o7") is True
+    assert effects == ["charge o7", "email o7"]
+    assert len(store) == 2
+    assert guard.statistics().hits == 2
+
+
+def test_nested_decorated_calls_under_one_key_each_run_once() -> None:
+    guard, _, _ = make()
+    effects: list[str] = []
+
+    @guard
+    def charge(order: str) -> str:
+        effects.append("charge")
+        return f"receipt {order}"
+
+    @guard
+    def place_order(order: str) -> str:
+        effects.append("place")
+        return charge(order)
+
+    with idempotency_key("order-8"):
+        assert place_order("o8") == "receipt o8"
+        assert place_order("o8") == "receipt o8"
+    assert effects == ["place", "charge"]
+
+
+def test_one_decorated_function_still_rejects_a_reused_key_with_other_arguments() -> None:
+    guard, _, _ = make()
+    ledger = Ledger()
+    charge = guard(ledger.charge)
+    with idempotency_key("order-9"):
+        charge(1)
+        with pytest.raises(FingerprintMismatch) as caught:
+            charge(2)
+    assert caught.value.key == "order-9"
+    assert ledger.charges == [1]
+
+
+async def test_async_decorated_functions_under_one_key_are_recorded_separately() -> None:
+    guard, store, _ = make()
+    ledger = Ledger()
+    first = guard(ledger.acharge)
+
+    @guard
+    async def refund(amount: int) -> int:
+        return -amount
+
+    with idempotency_key("order-10"):
+        await first(5)
+        assert await refund(5) == -5
+        await first(5)
+    assert ledger.charges == [5]
+    assert len(store) == 2
+
+
+def test_run_with_a_namespace_keeps_keys_apart_and_bounded() -> None:
+    guard, store, _ = make()
+    long_key = "k" * IDEMPOTENCY_KEY_BYTES_MAX
+    ticket_a = guard.begin(long_key, "fp", namespace="tenant-a" * 100)
+    ticket_b = guard.begin(long_key, "fp", namespace="tenant-b")
+    assert ticket_a.acquired
+    assert ticket_b.acquired
+    assert ticket_a.key == ticket_b.key == long_key
+    assert ticket_a.store_key != ticket_b.store_key
+    assert len(ticket_a.store_key.encode()) <= IDEMPOTENCY_KEY_BYTES_MAX
+    assert guard.finish(ticket_a, b"a")
+    assert store.get(ticket_a.store_key, now_s=0.0) is not None
+    assert store.get(long_key, now_s=0.0) is None
+    replay = guard.begin(long_key, "fp", namespace="tenant-a" * 100)
+    assert not replay.acquired
+    assert replay.payload == b"a"
 
 
 def test_many_threads_one_key_one_execution() -> None:

@@ -11,7 +11,9 @@ import httpx
 import pytest
 
 from phalanx.clock import ManualClock
+from phalanx.errors import BadRequest
 from phalanx.resilience.idempotency import (
+    Claim,
     IdempotencyMiddleware,
     MemoryIdempotencyStore,
     RecordState,
@@ -334,6 +336,42 @@ async def test_key_scope_keeps_clients_apart(
     assert app.calls == 2
 
 
+@pytest.mark.parametrize("scope_name", ["tenant-42", "t" * 10_000])
+async def test_a_key_of_the_limit_with_a_scope_is_accepted_and_replayed(
+    app: CountingApp, store: MemoryIdempotencyStore, scope_name: str
+) -> None:
+    middleware = IdempotencyMiddleware(app, store, key_scope=lambda scope: scope_name)
+    long_key = "k" * IDEMPOTENCY_KEY_BYTES_MAX
+    async with client_for(middleware) as client:
+        first = await client.post("/a", content=b"x", headers=key(long_key))
+        second = await client.post("/a", content=b"x", headers=key(long_key))
+    assert first.status_code == second.status_code == 201
+    assert second.headers["idempotent-replayed"] == "true"
+    assert app.calls == 1
+    assert len(store) == 1
+
+
+async def test_a_key_the_executor_rejects_is_400_not_an_error(app: CountingApp) -> None:
+    class PickyStore(MemoryIdempotencyStore):
+        def claim(
+            self,
+            key: str,
+            fingerprint: str,
+            owner: str,
+            *,
+            now_s: float,
+            lease_s: float,
+            ttl_s: float,
+        ) -> Claim:
+            raise BadRequest("idempotency key: refused by the store")
+
+    async with client_for(IdempotencyMiddleware(app, PickyStore())) as client:
+        response = await client.post("/a", content=b"x", headers=key("k1"))
+    assert response.status_code == 400
+    assert response.json()["error"] == "bad_idempotency_key"
+    assert app.calls == 0
+
+
 async def test_a_full_store_is_503(app: CountingApp) -> None:
     app.gate = asyncio.Event()
     middleware = IdempotencyMiddleware(app, MemoryIdempotencyStore(entries_max=1))
@@ -459,7 +497,13 @@ def test_stored_responses_round_trip() -> None:
         ("ttl_s", -1),
         ("wait_s", -1),
         ("methods", ()),
+        ("methods", "POST"),
+        ("methods", ("POST", 5)),
         ("header", " "),
+        ("header", 5),
+        ("replay_header", b"x"),
+        ("store_if", None),
+        ("key_scope", "tenant"),
     ],
 )
 def test_bad_configuration_is_rejected_naming_the_field(field: str, value: Any) -> None:

@@ -21,6 +21,7 @@ from phalanx.resilience.idempotency.guard import (
     IdempotencyStatistics,
     KeyInProgress,
     Ticket,
+    scoped_key,
     validate_key,
 )
 from phalanx.resilience.idempotency.memory import MemoryIdempotencyStore
@@ -51,6 +52,7 @@ __all__ = [
     "encode_response",
     "fingerprint_call",
     "fingerprint_request",
+    "scoped_key",
     "success_status",
     "validate_key",
 ]

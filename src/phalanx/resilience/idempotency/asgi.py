@@ -183,7 +183,8 @@ class IdempotencyMiddleware:
     ``ttl_s``, ``lease_s``, ``wait_s``, ``poll_interval_s``, ``clock``, ``name`` and
     ``listeners`` configure the underlying :class:`~.guard.Idempotency`. ``key_scope``, when
     given, maps the request scope to a namespace (e.g. the authenticated account) so two
-    clients choosing the same key never see each other's responses.
+    clients choosing the same key never see each other's responses; the record is then kept
+    under :func:`~.guard.scoped_key`, whose length does not depend on the namespace.
     """
 
     def __init__(
@@ -207,16 +208,31 @@ class IdempotencyMiddleware:
         listeners: tuple[Listener, ...] = (),
     ) -> None:
         self.app = app
+        given: object = methods  # checked at run time, whatever the annotation says
+        if isinstance(given, str):
+            # A bare string would be taken letter by letter: ("P", "O", "S", "T").
+            raise ValueError(
+                f"methods: a tuple of HTTP method names, got the string {methods!r}; "
+                f"write ({methods!r},)"
+            )
+        methods = tuple(methods)
         if not methods:
             raise ValueError("methods: at least one HTTP method is required")
-        self.methods = frozenset(m.upper() for m in methods)
-        if not header.strip():
-            raise ValueError("header: must be a header name")
-        self.header = header
+        if not all(isinstance(m, str) and m.strip() for m in methods):
+            raise ValueError(f"methods: each must be a non-empty string, got {methods!r}")
+        self.methods = frozenset(m.strip().upper() for m in methods)
+        self.header = _header_name("header", header)
         self._header_raw = header.lower().encode("latin-1")
-        self._replay_header = (replay_header.lower().encode("latin-1"), b"true")
+        self._replay_header = (
+            _header_name("replay_header", replay_header).lower().encode("latin-1"),
+            b"true",
+        )
         self.body_bytes_max = parse_count("body_bytes_max", body_bytes_max, minimum=1)
         self.response_bytes_max = parse_count("response_bytes_max", response_bytes_max, minimum=1)
+        if not callable(store_if):
+            raise ValueError(f"store_if: must be callable (status -> bool), got {store_if!r}")
+        if key_scope is not None and not callable(key_scope):
+            raise ValueError(f"key_scope: must be callable (scope -> str), got {key_scope!r}")
         self.store_if = store_if
         self.key_scope = key_scope
         self.guard = Idempotency(
@@ -249,14 +265,14 @@ class IdempotencyMiddleware:
         if isinstance(prepared, _Reply):
             await prepared.send(send)
             return
-        key, body = prepared
+        key, namespace, body = prepared
         fingerprint = fingerprint_request(
             str(scope["method"]),
             str(scope.get("root_path", "")) + str(scope["path"]),
             body,
             query=bytes(scope.get("query_string", b"")),
         )
-        ticket = await self._begin(key, fingerprint)
+        ticket = await self._begin(key, namespace, fingerprint)
         if isinstance(ticket, _Reply):
             await ticket.send(send)
         elif ticket.acquired:
@@ -266,8 +282,8 @@ class IdempotencyMiddleware:
 
     async def _prepare(
         self, scope: Scope, receive: Receive, values: list[bytes]
-    ) -> tuple[str, bytes] | _Reply | None:
-        """The store key and the whole body, or the error to answer with."""
+    ) -> tuple[str, str | None, bytes] | _Reply | None:
+        """The key, its namespace and the whole body, or the error to answer with."""
         key = self._key(values)
         if isinstance(key, BadRequest):
             return _Reply(400, "bad_idempotency_key", str(key))
@@ -279,14 +295,16 @@ class IdempotencyMiddleware:
             return None
         if isinstance(body, int):
             return self._too_large()
+        namespace = None
         if self.key_scope is not None:
-            # A separator that cannot occur in a header value keeps namespaces apart.
-            key = f"{self.key_scope(scope)}\n{key}"
-        return key, body
+            namespace = self.key_scope(scope)
+            if not isinstance(namespace, str):
+                raise TypeError(f"key_scope: must return a str, got {namespace!r}")
+        return key, namespace, body
 
-    async def _begin(self, key: str, fingerprint: str) -> Ticket | _Reply:
+    async def _begin(self, key: str, namespace: str | None, fingerprint: str) -> Ticket | _Reply:
         try:
-            return await self.guard.abegin(key, fingerprint)
+            return await self.guard.abegin(key, fingerprint, namespace=namespace)
         except KeyInProgress as exc:
             retry_after = str(max(1, math.ceil(exc.retry_after_s or 1.0)))
             return _Reply(
@@ -298,6 +316,8 @@ class IdempotencyMiddleware:
             return _Reply(409, "idempotency_result_unavailable", str(exc))
         except Unavailable as exc:
             return _Reply(503, "idempotency_store_full", str(exc))
+        except BadRequest as exc:
+            return _Reply(400, "bad_idempotency_key", str(exc))
 
     def _key(self, values: list[bytes]) -> str | BadRequest:
         if len(values) > 1:
@@ -368,6 +388,16 @@ class IdempotencyMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": response.body, "more_body": False})
+
+
+def _header_name(field: str, value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{field}: must be a header name (a non-empty str), got {value!r}")
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError(f"{field}: must be latin-1, as HTTP header names are") from None
+    return value
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -29,6 +29,7 @@ key. :class:`~phalanx.errors.Unavailable` comes from a store full of in-progress
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 import itertools
 import json
@@ -57,6 +58,7 @@ __all__ = [
     "IdempotencyStatistics",
     "KeyInProgress",
     "Ticket",
+    "scoped_key",
     "validate_key",
 ]
 
@@ -124,7 +126,8 @@ class Ticket:
 
     When ``acquired`` the caller owns ``key`` as ``owner`` and must end with
     :meth:`Idempotency.finish` or :meth:`Idempotency.abandon`. Otherwise ``payload`` is the
-    stored result of the earlier execution, to replay.
+    stored result of the earlier execution, to replay. ``namespace`` is the one passed to
+    :meth:`~Idempotency.begin`; ``store_key`` the key the record is kept under.
     """
 
     key: str
@@ -132,6 +135,11 @@ class Ticket:
     acquired: bool
     owner: str = ""
     payload: bytes = b""
+    namespace: str | None = None
+
+    @property
+    def store_key(self) -> str:
+        return self.key if self.namespace is None else scoped_key(self.namespace, self.key)
 
 
 def validate_key(key: object) -> str:
@@ -147,6 +155,25 @@ def validate_key(key: object) -> str:
             "(IDEMPOTENCY_KEY_BYTES_MAX)"
         )
     return key
+
+
+def scoped_key(namespace: str, key: str) -> str:
+    """The store key of ``key`` inside ``namespace``: a SHA-256 over both, 71 characters.
+
+    Namespaces keep equal keys of different owners (accounts, decorated functions) apart. A
+    hash rather than a concatenation keeps the store key within ``IDEMPOTENCY_KEY_BYTES_MAX``
+    however long the namespace is, and cannot be forged by choosing a key with a separator.
+    """
+    if not isinstance(namespace, str):
+        raise TypeError(f"namespace: must be a str, got {namespace!r}")
+    ns = namespace.encode("utf-8")
+    raw = key.encode("utf-8")
+    data = len(ns).to_bytes(8, "big") + ns + len(raw).to_bytes(8, "big") + raw
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _function_namespace(fn: Callable[..., Any]) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
 def _json_encode(value: Any) -> bytes:
@@ -191,6 +218,15 @@ class Idempotency(Observable):
         listeners: tuple[Listener, ...] = (),
         owner_prefix: str | None = None,
     ) -> None:
+        if not isinstance(store, IdempotencyStore):
+            raise ValueError(
+                f"store: must be an IdempotencyStore (claim, complete, release, get, purge), "
+                f"got {store!r}"
+            )
+        if not callable(encode):
+            raise ValueError(f"encode: must be callable, got {encode!r}")
+        if not callable(decode):
+            raise ValueError(f"decode: must be callable, got {decode!r}")
         self.store = store
         self.ttl_s = parse_duration_s("ttl_s", ttl_s)
         self.lease_s = parse_duration_s("lease_s", lease_s)
@@ -261,7 +297,18 @@ class Idempotency(Observable):
         if inspect.iscoroutinefunction(fn):
             raise TypeError("run: fn is a coroutine function; use arun")
         fp = fingerprint if fingerprint is not None else fingerprint_call(fn, args, kwargs)
-        ticket = self.begin(key, fp)
+        return self._run(key, None, fp, fn, args, kwargs)
+
+    def _run(
+        self,
+        key: str,
+        namespace: str | None,
+        fp: str,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> T:
+        ticket = self.begin(key, fp, namespace=namespace)
         if not ticket.acquired:
             return cast(T, self._decode(ticket.payload))
         try:
@@ -283,7 +330,18 @@ class Idempotency(Observable):
     ) -> T:
         """The ``async`` twin of :meth:`run`: awaits ``fn(*args, **kwargs)`` at most once."""
         fp = fingerprint if fingerprint is not None else fingerprint_call(fn, args, kwargs)
-        ticket = await self.abegin(key, fp)
+        return await self._arun(key, None, fp, fn, args, kwargs)
+
+    async def _arun(
+        self,
+        key: str,
+        namespace: str | None,
+        fp: str,
+        fn: Callable[..., Awaitable[T]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> T:
+        ticket = await self.abegin(key, fp, namespace=namespace)
         if not ticket.acquired:
             return cast(T, self._decode(ticket.payload))
         try:
@@ -304,8 +362,11 @@ class Idempotency(Observable):
 
         The key comes from :func:`phalanx.resilience.keys.current_idempotency_key`. A call
         without a key runs normally, unless ``key_required`` was set (then
-        :class:`BadRequest`).
+        :class:`BadRequest`). Each decorated function keeps its own record under a key (the
+        namespace is its module and qualified name), so one ``idempotency_key`` block may
+        cover several decorated calls, nested or in sequence.
         """
+        namespace = _function_namespace(fn)
 
         def fingerprint(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
             if fingerprint_of is not None:
@@ -326,7 +387,7 @@ class Idempotency(Observable):
                 if key is None:
                     return await fn(*args, **kwargs)
                 fp = fingerprint(args, kwargs)
-                return await self.arun(key, fn, *args, fingerprint=fp, **kwargs)
+                return await self._arun(key, namespace, fp, fn, args, kwargs)
 
             return cast(F, async_wrapper)
 
@@ -335,42 +396,52 @@ class Idempotency(Observable):
             key = key_or_none()
             if key is None:
                 return fn(*args, **kwargs)
-            return self.run(key, fn, *args, fingerprint=fingerprint(args, kwargs), **kwargs)
+            return self._run(key, namespace, fingerprint(args, kwargs), fn, args, kwargs)
 
         return cast(F, wrapper)
 
     # -- the steps, for callers that run the operation themselves (the ASGI middleware) ---
 
-    def begin(self, key: str, fingerprint: str) -> Ticket:
+    def begin(self, key: str, fingerprint: str, *, namespace: str | None = None) -> Ticket:
         """Claim ``key``, waiting (blocking the thread) while another execution holds it.
 
         Returns an acquired ticket (run, then :meth:`finish` or :meth:`abandon`) or a replay
         ticket carrying the stored payload. Raises :class:`KeyInProgress`,
-        :class:`FingerprintMismatch`, :class:`Conflict` or :class:`BadRequest`.
+        :class:`FingerprintMismatch`, :class:`Conflict` or :class:`BadRequest`. With a
+        ``namespace`` the record is kept under :func:`scoped_key` of both, apart from the
+        same key in any other namespace.
         """
         validate_key(key)
+        if namespace is not None:
+            scoped_key(namespace, key)  # a bad namespace fails before anything is claimed
         owner = self._next_owner()
         started_s = self.clock.now_s()
         self._maybe_purge(started_s)
         until_s = started_s + self._wait_budget_s()
         waited = False
         while True:
-            ticket, pause_s = self._attempt(key, fingerprint, owner, until_s, waited=waited)
+            ticket, pause_s = self._attempt(
+                key, namespace, fingerprint, owner, until_s, waited=waited
+            )
             if ticket is not None:
                 return ticket
             waited = True
             self.clock.sleep(pause_s)
 
-    async def abegin(self, key: str, fingerprint: str) -> Ticket:
+    async def abegin(self, key: str, fingerprint: str, *, namespace: str | None = None) -> Ticket:
         """The ``async`` twin of :meth:`begin`: waits by suspending the task, not the thread."""
         validate_key(key)
+        if namespace is not None:
+            scoped_key(namespace, key)
         owner = self._next_owner()
         started_s = self.clock.now_s()
         self._maybe_purge(started_s)
         until_s = started_s + self._wait_budget_s()
         waited = False
         while True:
-            ticket, pause_s = self._attempt(key, fingerprint, owner, until_s, waited=waited)
+            ticket, pause_s = self._attempt(
+                key, namespace, fingerprint, owner, until_s, waited=waited
+            )
             if ticket is not None:
                 return ticket
             waited = True
@@ -397,7 +468,7 @@ class Idempotency(Observable):
             self._unstored.incr()
         stored = _TAG_UNSTORED if payload is None else _TAG_VALUE + payload
         ok = self.store.complete(
-            ticket.key, ticket.owner, stored, now_s=self.clock.wall_s(), ttl_s=self.ttl_s
+            ticket.store_key, ticket.owner, stored, now_s=self.clock.wall_s(), ttl_s=self.ttl_s
         )
         now_s = self.clock.now_s()
         if ok:
@@ -412,7 +483,7 @@ class Idempotency(Observable):
         if not ticket.acquired:
             raise ValueError("ticket: abandon needs an acquired ticket")
         self._failures.incr()
-        self.store.release(ticket.key, ticket.owner)
+        self.store.release(ticket.store_key, ticket.owner)
         self._emit("release", self.clock.now_s(), ticket.key)
 
     # -- internals -----------------------------------------------------------------------
@@ -440,12 +511,20 @@ class Idempotency(Observable):
         return min(self.wait_s, max(left_s, 0.0))
 
     def _attempt(
-        self, key: str, fingerprint: str, owner: str, until_s: float, *, waited: bool
+        self,
+        key: str,
+        namespace: str | None,
+        fingerprint: str,
+        owner: str,
+        until_s: float,
+        *,
+        waited: bool,
     ) -> tuple[Ticket | None, float]:
         """One claim: a ticket, or None and how long to pause before the next attempt."""
+        store_key = key if namespace is None else scoped_key(namespace, key)
         wall_s = self.clock.wall_s()
         claim = self.store.claim(
-            key, fingerprint, owner, now_s=wall_s, lease_s=self.lease_s, ttl_s=self.ttl_s
+            store_key, fingerprint, owner, now_s=wall_s, lease_s=self.lease_s, ttl_s=self.ttl_s
         )
         now_s = self.clock.now_s()
         if claim.acquired:
@@ -454,7 +533,8 @@ class Idempotency(Observable):
                 self._takeovers.incr()
                 self._emit("takeover", now_s, key)
             self._emit("miss", now_s, key)
-            return Ticket(key, fingerprint, acquired=True, owner=owner), 0.0
+            ticket = Ticket(key, fingerprint, acquired=True, owner=owner, namespace=namespace)
+            return ticket, 0.0
         record = claim.record
         if record.fingerprint != fingerprint:
             self._mismatches.incr()
@@ -467,7 +547,7 @@ class Idempotency(Observable):
                 given=fingerprint,
             )
         if record.state is RecordState.COMPLETED:
-            return self._replay(record, now_s), 0.0
+            return self._replay(key, namespace, record, now_s), 0.0
         left_s = until_s - now_s
         if left_s <= 0:
             self._conflicts.incr()
@@ -483,19 +563,23 @@ class Idempotency(Observable):
             self._emit("wait", now_s, key)
         return None, min(self.poll_interval_s, left_s)
 
-    def _replay(self, record: IdempotencyRecord, now_s: float) -> Ticket:
+    def _replay(
+        self, key: str, namespace: str | None, record: IdempotencyRecord, now_s: float
+    ) -> Ticket:
         stored = record.result or b""
         if not stored.startswith(_TAG_VALUE):
             self._conflicts.incr()
-            self._emit("conflict", now_s, record.key, reason="unstored")
+            self._emit("conflict", now_s, key, reason="unstored")
             raise Conflict(
-                f"idempotency key {record.key!r}: the operation already ran but its result "
+                f"idempotency key {key!r}: the operation already ran but its result "
                 "was not stored (larger than result_bytes_max or not encodable); "
                 "it will not run again while the record lives"
             )
         self._hits.incr()
-        self._emit("hit", now_s, record.key)
-        return Ticket(record.key, record.fingerprint, acquired=False, payload=stored[1:])
+        self._emit("hit", now_s, key)
+        return Ticket(
+            key, record.fingerprint, acquired=False, payload=stored[1:], namespace=namespace
+        )
 
     def _encode_result(self, key: str, result: object) -> bytes | None:
         try:
