@@ -59,3 +59,9 @@ def test_counts() -> None:
     for bad in (0, -1, "x", True, 2.5):
         with pytest.raises(ValueError, match="n"):
             parse_count("n", bad)  # type: ignore[arg-type]
+
+
+def test_duration_maximum() -> None:
+    assert parse_duration_s("t", "1h", maximum_s=3600) == 3600.0
+    with pytest.raises(ValueError, match="at most"):
+        parse_duration_s("t", "61m", maximum_s=3600)

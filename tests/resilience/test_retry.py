@@ -293,6 +293,11 @@ def test_keyboard_interrupt_is_never_retried() -> None:
         ({"retry_after": 5}, "retry_after"),
         ({"budget": "x"}, "budget"),
         ({"multiplier": 1e6}, "multiplier"),
+        ({"total_timeout_s": "30d"}, "total_timeout_s"),
+        ({"total_timeout_s": 1e9}, "total_timeout_s"),
+        ({"timeout_per_attempt_s": 1e9}, "timeout_per_attempt_s"),
+        ({"max_delay_s": "48h"}, "max_delay_s"),
+        ({"retry_after_max_s": 1e7}, "retry_after_max_s"),
     ],
 )
 def test_bad_configuration_fails_at_construction(kwargs: dict[str, object], field: str) -> None:

@@ -123,6 +123,7 @@ def test_expired_caller_deadline_refuses_at_once() -> None:
         ({"timeout_s": 0}, "timeout_s"),
         ({"timeout_s": "5"}, "timeout_s"),
         ({"timeout_s": 1, "sync_mode": "signal"}, "sync_mode"),
+        ({"timeout_s": 1e10}, "timeout_s"),
         ({"timeout_s": 1, "workers_max": 0}, "workers_max"),
         ({"timeout_s": 1, "workers_max": 100_000}, "workers_max"),
     ],

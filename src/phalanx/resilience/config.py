@@ -52,10 +52,13 @@ def require_non_negative(field: str, value: float, *, allow_inf: bool = False) -
     return number
 
 
-def parse_duration_s(field: str, value: float | str, *, allow_zero: bool = False) -> float:
+def parse_duration_s(
+    field: str, value: float | str, *, allow_zero: bool = False, maximum_s: float | None = None
+) -> float:
     """Seconds from a number (already seconds) or a string like ``"30s"``, ``"250ms"``, ``"2m"``.
 
     A bare number in a string (``"30"``) is rejected: a duration without a unit is ambiguous.
+    ``maximum_s`` is an inclusive upper limit.
     """
     if isinstance(value, str):
         match = _DURATION_RE.match(value)
@@ -68,8 +71,12 @@ def parse_duration_s(field: str, value: float | str, *, allow_zero: bool = False
     else:
         seconds = _finite(field, value)
     if allow_zero:
-        return require_non_negative(field, seconds)
-    return require_positive(field, seconds)
+        seconds = require_non_negative(field, seconds)
+    else:
+        seconds = require_positive(field, seconds)
+    if maximum_s is not None and seconds > maximum_s:
+        raise ValueError(f"{field}: at most {maximum_s:g}s, got {value!r}")
+    return seconds
 
 
 def parse_ratio(field: str, value: float | str) -> float:

@@ -79,6 +79,10 @@ DEFAULT_RETRY_ON: Final[tuple[type[BaseException], ...]] = (
     TimeoutError,
 )
 ATTEMPTS_MAX_LIMIT: Final = 1000
+#: Longest total deadline and per-attempt limit: a week, for background jobs.
+TIMEOUT_S_MAX: Final = 7 * 86_400.0
+#: Longest backoff delay.
+DELAY_S_MAX: Final = 86_400.0
 _NO_RESULT: Final[Any] = object()
 
 RetryOn = tuple[type[BaseException], ...] | Callable[[BaseException], bool]
@@ -137,16 +141,24 @@ class Retry(Observable):
         if self.attempts_max > ATTEMPTS_MAX_LIMIT:
             raise ValueError(f"attempts_max: at most {ATTEMPTS_MAX_LIMIT}, got {attempts_max}")
         self.backoff = Backoff(
-            base_delay_s=parse_duration_s("base_delay_s", base_delay_s, allow_zero=True),
-            max_delay_s=parse_duration_s("max_delay_s", max_delay_s, allow_zero=True),
+            base_delay_s=parse_duration_s(
+                "base_delay_s", base_delay_s, allow_zero=True, maximum_s=DELAY_S_MAX
+            ),
+            max_delay_s=parse_duration_s(
+                "max_delay_s", max_delay_s, allow_zero=True, maximum_s=DELAY_S_MAX
+            ),
             multiplier=multiplier,
             jitter=jitter,
         )
-        self.total_timeout_s = parse_duration_s("total_timeout_s", total_timeout_s)
+        self.total_timeout_s = parse_duration_s(
+            "total_timeout_s", total_timeout_s, maximum_s=TIMEOUT_S_MAX
+        )
         self.timeout_per_attempt_s = (
             None
             if timeout_per_attempt_s is None
-            else parse_duration_s("timeout_per_attempt_s", timeout_per_attempt_s)
+            else parse_duration_s(
+                "timeout_per_attempt_s", timeout_per_attempt_s, maximum_s=TIMEOUT_S_MAX
+            )
         )
         if isinstance(retry_on, tuple):
             for kind in retry_on:
@@ -167,7 +179,9 @@ class Retry(Observable):
         self.idempotent = idempotent
         self.budget = budget
         self.retry_after = retry_after
-        self.retry_after_max_s = parse_duration_s("retry_after_max_s", retry_after_max_s)
+        self.retry_after_max_s = parse_duration_s(
+            "retry_after_max_s", retry_after_max_s, maximum_s=DELAY_S_MAX
+        )
         self.reraise = reraise
         self.propagate_deadline = propagate_deadline
         self.name = name

@@ -46,6 +46,7 @@ R = TypeVar("R")
 
 SYNC_MODES: Final = ("thread", "cooperative")
 WORKERS_MAX_LIMIT: Final = 1024
+TIMEOUT_S_MAX: Final = 86_400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +71,7 @@ class TimeLimiter(Observable):
         name: str = "timeout",
         listeners: tuple[Listener, ...] = (),
     ) -> None:
-        self.timeout_s = parse_duration_s("timeout_s", timeout_s)
+        self.timeout_s = parse_duration_s("timeout_s", timeout_s, maximum_s=TIMEOUT_S_MAX)
         if sync_mode not in SYNC_MODES:
             raise ValueError(f"sync_mode: unknown mode {sync_mode!r}; expected one of {SYNC_MODES}")
         self.sync_mode = sync_mode
