@@ -173,10 +173,19 @@ class SQLiteBreakerStore:
             isolation_level=None,
             check_same_thread=False,
         )
-        with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute(_SCHEMA)
+        try:
+            with self._lock:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+                self._conn.execute(_SCHEMA)
+        except BaseException as exc:
+            # Nobody else holds the connection yet: close it here or it leaks a file handle.
+            self._conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise type(exc)(
+                    f"breaker store {str(self._path)!r}: cannot set up the database: {exc}"
+                ) from exc
+            raise
 
     @property
     def path(self) -> Path:

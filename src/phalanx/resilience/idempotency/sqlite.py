@@ -89,10 +89,19 @@ class SqliteIdempotencyStore:
             check_same_thread=False,
         )
         self._lock = threading.Lock()
-        with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
-            self._conn.executescript(_SCHEMA)
+        try:
+            with self._lock:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+                self._conn.executescript(_SCHEMA)
+        except BaseException as exc:
+            # Nobody else holds the connection yet: close it here or it leaks a file handle.
+            self._conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise type(exc)(
+                    f"idempotency store {self.path!r}: cannot set up the database: {exc}"
+                ) from exc
+            raise
 
     def close(self) -> None:
         with self._lock:
