@@ -11,9 +11,15 @@ import pytest
 
 from phalanx.clock import ManualClock
 from phalanx.errors import BulkheadFull, Unavailable
-from phalanx.resilience.bulkhead import Bulkhead, _AsyncWaiter
+from phalanx.resilience.bulkhead import (
+    CONCURRENT_CALLS_MAX,
+    QUEUED_CALLS_MAX,
+    WAIT_S_MAX,
+    Bulkhead,
+    _AsyncWaiter,
+)
 from phalanx.resilience.deadline import deadline
-from phalanx.resilience.events import Event
+from phalanx.resilience.events import Emitter, Event
 
 WAIT_S = 5.0  # generous bound on real waits for a condition; never a timing assertion
 
@@ -73,6 +79,53 @@ class Holder:
 def test_bad_configuration_is_rejected_naming_the_field(kwargs: dict[str, object], field: str):
     with pytest.raises(ValueError, match=field):
         Bulkhead(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("field", "limit", "limit_name"),
+    [
+        ("max_concurrent", CONCURRENT_CALLS_MAX, "CONCURRENT_CALLS_MAX"),
+        ("max_queue", QUEUED_CALLS_MAX, "QUEUED_CALLS_MAX"),
+        ("max_wait_s", WAIT_S_MAX, "WAIT_S_MAX"),
+    ],
+)
+def test_each_setting_has_a_named_upper_limit(field: str, limit: float, limit_name: str):
+    assert getattr(Bulkhead(**{field: limit}), field) == limit  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=f"{field}: .*{limit_name}"):
+        Bulkhead(**{field: limit + 1})  # type: ignore[arg-type]
+
+
+def test_max_concurrent_at_its_limit_admits_that_many_calls_and_no_more():
+    bulkhead = Bulkhead(max_concurrent=CONCURRENT_CALLS_MAX)
+    for _ in range(CONCURRENT_CALLS_MAX):
+        bulkhead.__enter__()
+    with pytest.raises(BulkheadFull):
+        bulkhead.call(lambda: None)
+    for _ in range(CONCURRENT_CALLS_MAX):
+        bulkhead.__exit__(None, None, None)
+    stats = bulkhead.statistics()
+    assert (stats.active, stats.peak_active, stats.rejected) == (0, CONCURRENT_CALLS_MAX, 1)
+
+
+def test_a_caller_allowed_the_longest_wait_waits_and_gets_the_slot():
+    bulkhead = Bulkhead(max_concurrent=1, max_queue=1, max_wait_s=WAIT_S_MAX)
+    holder = Holder(bulkhead)
+    holder.hold(1)
+    results: list[object] = []
+
+    def waiter() -> None:
+        try:
+            results.append(bulkhead.call(lambda: "ran"))
+        except BaseException as exc:  # the test inspects whatever escaped
+            results.append(exc)
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    wait_until(lambda: bulkhead.statistics().queued == 1)
+    holder.release()
+    thread.join(WAIT_S)
+    assert results == ["ran"]
+    assert bulkhead.statistics().active == 0
 
 
 def test_durations_accept_units():
@@ -329,3 +382,66 @@ def test_per_call_events_only_with_a_listener_and_listeners_may_read_statistics(
     bulkhead.remove_listener(listener)
     bulkhead.call(lambda: None)
     assert len(seen) == 3
+
+
+class _RecordingLock:
+    """The bulkhead's lock, reporting when another thread is about to take it."""
+
+    def __init__(self, about_to_acquire: threading.Event) -> None:
+        self._lock = threading.Lock()
+        self._about_to_acquire = about_to_acquire
+        self._owner_thread = threading.get_ident()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if threading.get_ident() != self._owner_thread:
+            self._about_to_acquire.set()
+        return self._lock.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+def test_a_listener_added_while_another_is_removed_still_receives_events():
+    # The interleaving that used to hide a new listener: remove_listener reads "no listeners
+    # left", then add_listener runs to completion in another thread, then remove_listener
+    # stores its stale answer. The other thread now either finishes first (no lock: the bug)
+    # or is about to wait on the lock that remove_listener holds (the fix).
+    seen: list[str] = []
+    leaving: list[Event] = []
+    other_thread_done_or_waiting = threading.Event()
+    bulkhead = Bulkhead(max_concurrent=1)
+    bulkhead._lock = _RecordingLock(other_thread_done_or_waiting)  # type: ignore[assignment]
+
+    def add_new_listener() -> None:
+        bulkhead.add_listener(lambda event: seen.append(event.kind))
+        other_thread_done_or_waiting.set()
+
+    adder = threading.Thread(target=add_new_listener)
+
+    class RacingEmitter(Emitter):
+        __slots__ = ("armed",)
+
+        @property
+        def active(self) -> bool:
+            answer = super().active
+            if getattr(self, "armed", False):
+                self.armed = False
+                adder.start()
+                assert other_thread_done_or_waiting.wait(WAIT_S)
+            return answer
+
+    emitter = RacingEmitter("bulkhead", "bulkhead", (leaving.append,))
+    bulkhead._emitter = emitter
+    bulkhead._observed = True
+    emitter.armed = True
+    bulkhead.remove_listener(leaving.append)
+    adder.join(WAIT_S)
+    bulkhead.call(lambda: None)
+    assert seen == ["admitted", "released"]
+    assert leaving == []

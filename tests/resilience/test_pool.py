@@ -5,13 +5,19 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
+from contextlib import ExitStack
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from phalanx.errors import BulkheadFull
-from phalanx.resilience.pool import BoundedPool
+from phalanx.resilience.pool import (
+    ACQUIRE_TIMEOUT_S_MAX,
+    POOL_SIZE_MAX,
+    WAITING_CALLERS_MAX,
+    BoundedPool,
+)
 
 JOIN_S = 30.0
 
@@ -37,7 +43,8 @@ def make_pool(**kwargs: object) -> tuple[BoundedPool[Conn], list[Conn]]:
         made.append(conn)
         return conn
 
-    return BoundedPool(factory, close=Conn.close, **kwargs), made  # type: ignore[arg-type]
+    kwargs.setdefault("close", Conn.close)
+    return BoundedPool(factory, **kwargs), made  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -49,11 +56,39 @@ def make_pool(**kwargs: object) -> tuple[BoundedPool[Conn], list[Conn]]:
         ({"acquire_timeout_s": -1}, "acquire_timeout_s"),
         ({"max_waiting": -1}, "max_waiting"),
         ({"broken_on": (ValueError, 3)}, "broken_on"),
+        ({"close": 5}, "close"),
+        ({"afactory": "connect"}, "afactory"),
     ],
 )
 def test_bad_configuration_is_rejected_naming_the_field(kwargs: dict[str, object], field: str):
     with pytest.raises(ValueError, match=field):
         make_pool(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("field", "limit", "limit_name"),
+    [
+        ("max_size", POOL_SIZE_MAX, "POOL_SIZE_MAX"),
+        ("max_waiting", WAITING_CALLERS_MAX, "WAITING_CALLERS_MAX"),
+        ("acquire_timeout_s", ACQUIRE_TIMEOUT_S_MAX, "ACQUIRE_TIMEOUT_S_MAX"),
+    ],
+)
+def test_each_setting_has_a_named_upper_limit(field: str, limit: float, limit_name: str):
+    pool, _ = make_pool(**{field: limit})
+    assert getattr(pool, field) == limit
+    with pytest.raises(ValueError, match=f"{field}: .*{limit_name}"):
+        make_pool(**{field: limit + 1})
+
+
+def test_a_pool_of_the_largest_size_lends_that_many_resources_and_no_more():
+    pool, made = make_pool(max_size=POOL_SIZE_MAX, acquire_timeout_s=0)
+    with ExitStack() as stack:
+        lent = [stack.enter_context(pool.acquire()) for _ in range(POOL_SIZE_MAX)]
+        with pytest.raises(BulkheadFull), pool.acquire():
+            pass
+        assert pool.statistics().in_use == POOL_SIZE_MAX
+    assert len(lent) == len(made) == POOL_SIZE_MAX
+    assert pool.statistics().idle == POOL_SIZE_MAX
 
 
 def test_factory_must_be_callable():

@@ -13,7 +13,15 @@ from phalanx.clock import ManualClock
 from phalanx.errors import RateLimited, Unavailable
 from phalanx.resilience.deadline import deadline
 from phalanx.resilience.events import Event
-from phalanx.resilience.ratelimit import Gcra, RateLimiter, TokenBucket
+from phalanx.resilience.ratelimit import (
+    BURST_PERMITS_MAX,
+    RATE_PER_S_MAX,
+    RATE_PER_S_MIN,
+    WAIT_S_MAX,
+    Gcra,
+    RateLimiter,
+    TokenBucket,
+)
 
 ALGORITHMS: list[type[RateLimiter]] = [TokenBucket, Gcra]
 
@@ -42,6 +50,52 @@ def test_bad_configuration_is_rejected_naming_the_field(
 ):
     with pytest.raises(ValueError, match=field):
         algorithm(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field", "limit_name"),
+    [
+        ({"rate_per_s": RATE_PER_S_MAX * 2}, "rate_per_s", "RATE_PER_S_MAX"),
+        ({"rate_per_s": 1e308}, "rate_per_s", "RATE_PER_S_MAX"),
+        ({"rate_per_s": RATE_PER_S_MIN / 2}, "rate_per_s", "RATE_PER_S_MIN"),
+        ({"rate_per_s": 1e-320}, "rate_per_s", "RATE_PER_S_MIN"),
+        ({"rate_per_s": 1, "burst": BURST_PERMITS_MAX + 1}, "burst", "BURST_PERMITS_MAX"),
+        ({"rate_per_s": 1, "burst": 10**30}, "burst", "BURST_PERMITS_MAX"),
+        ({"rate_per_s": 1, "max_wait_s": WAIT_S_MAX + 1}, "max_wait_s", "WAIT_S_MAX"),
+    ],
+)
+def test_settings_beyond_their_named_limits_are_rejected(
+    algorithm: type[RateLimiter], kwargs: dict[str, object], field: str, limit_name: str
+):
+    with pytest.raises(ValueError, match=f"{field}: .*{limit_name}"):
+        algorithm(**kwargs)  # type: ignore[arg-type]
+
+
+def test_the_fastest_rate_and_largest_burst_are_honoured(algorithm: type[RateLimiter]):
+    clock = ManualClock()
+    limiter = algorithm(
+        rate_per_s=RATE_PER_S_MAX, burst=BURST_PERMITS_MAX, max_wait_s=WAIT_S_MAX, clock=clock
+    )
+    assert limiter.try_acquire(BURST_PERMITS_MAX)
+    assert not limiter.try_acquire()
+    clock.advance(BURST_PERMITS_MAX / RATE_PER_S_MAX)
+    assert limiter.try_acquire(BURST_PERMITS_MAX)
+    assert limiter.statistics().permits == 2 * BURST_PERMITS_MAX
+
+
+def test_the_slowest_rate_refuses_a_wait_longer_than_the_longest_allowed(
+    algorithm: type[RateLimiter],
+):
+    clock = ManualClock()
+    limiter = algorithm(rate_per_s=RATE_PER_S_MIN, max_wait_s=WAIT_S_MAX, clock=clock)
+    assert limiter.try_acquire()
+    with pytest.raises(RateLimited) as caught:
+        limiter.acquire()
+    assert caught.value.retry_after_s == pytest.approx(1 / RATE_PER_S_MIN)
+    with pytest.raises(ValueError, match=r"max_wait_s: .*WAIT_S_MAX"):
+        limiter.acquire(max_wait_s=WAIT_S_MAX * 2)
+    clock.advance(1 / RATE_PER_S_MIN)
+    assert limiter.acquire(max_wait_s=WAIT_S_MAX) == 0.0
 
 
 def test_bad_request_sizes_are_rejected(algorithm: type[RateLimiter]):

@@ -5,6 +5,9 @@ most ``max_concurrent`` calls; up to ``max_queue`` more wait in FIFO order for a
 ``max_wait_s`` (capped by the propagated deadline); anything beyond that fails fast with
 :class:`~phalanx.errors.BulkheadFull`, so a slow dependency cannot soak up every caller.
 
+Limits: ``max_concurrent`` at most :data:`CONCURRENT_CALLS_MAX`, ``max_queue`` at most
+:data:`QUEUED_CALLS_MAX`, ``max_wait_s`` at most :data:`WAIT_S_MAX`.
+
 One object serves threads and asyncio tasks, on any number of event loops, at the same time.
 The state is a counter and a queue of waiters behind one ``threading.Lock`` that is held only
 for a few bytecodes, never while the protected call runs. A thread waits on a lock of its own;
@@ -26,7 +29,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import ParamSpec, TypeVar, cast
+from typing import Final, ParamSpec, TypeVar, cast
 
 from phalanx.clock import SYSTEM_CLOCK, Clock
 from phalanx.errors import BulkheadFull
@@ -35,16 +38,38 @@ from phalanx.resilience.deadline import remaining_s
 from phalanx.resilience.events import Emitter, Listener
 from phalanx.resilience.wrapping import decorate_async
 
-__all__ = ["Bulkhead", "BulkheadStatistics"]
+__all__ = [
+    "CONCURRENT_CALLS_MAX",
+    "QUEUED_CALLS_MAX",
+    "WAIT_S_MAX",
+    "Bulkhead",
+    "BulkheadStatistics",
+]
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+#: Largest ``max_concurrent``: more concurrent calls to one dependency is a misconfiguration.
+CONCURRENT_CALLS_MAX: Final = 100_000
+#: Largest ``max_queue``: each waiter holds a lock or a future, so the queue costs memory.
+QUEUED_CALLS_MAX: Final = 1_000_000
+#: Longest ``max_wait_s`` (one day); also keeps every wait within what the OS timers accept.
+WAIT_S_MAX: Final = 86_400.0
 
 # Waiter states. Every transition happens with the bulkhead's lock held, which is what makes
 # "was I handed a slot, or did I give up first?" a question with exactly one answer.
 _WAITING = 0
 _GRANTED = 1
 _ABANDONED = 2
+
+
+_Number = TypeVar("_Number", int, float)
+
+
+def _at_most(field: str, value: _Number, limit: _Number, limit_name: str) -> _Number:
+    if value > limit:
+        raise ValueError(f"{field}: must be <= {limit} ({limit_name}), got {value}")
+    return value
 
 
 class _SyncWaiter:
@@ -124,10 +149,12 @@ class Bulkhead:
     """Admit at most ``max_concurrent`` calls at once; queue up to ``max_queue`` more.
 
     Parameters:
-        max_concurrent: calls allowed to run at the same time (>= 1).
-        max_queue: callers allowed to wait for a slot when all are taken (>= 0).
+        max_concurrent: calls allowed to run at the same time (1..``CONCURRENT_CALLS_MAX``).
+        max_queue: callers allowed to wait for a slot when all are taken
+            (0..``QUEUED_CALLS_MAX``).
         max_wait_s: longest a caller waits in the queue, in seconds or a string such as
-            ``"250ms"``; ``0`` rejects immediately when no slot is free. The propagated
+            ``"250ms"`` (at most ``WAIT_S_MAX``); ``0`` rejects immediately when no slot is
+            free. The propagated
             deadline (:func:`phalanx.resilience.deadline.remaining_s`) shortens it further.
         name: shown in errors, events and statistics.
         clock: stamps events.
@@ -167,9 +194,24 @@ class Bulkhead:
         clock: Clock = SYSTEM_CLOCK,
         listeners: tuple[Listener, ...] = (),
     ) -> None:
-        self.max_concurrent = parse_count("max_concurrent", max_concurrent, minimum=1)
-        self.max_queue = parse_count("max_queue", max_queue, minimum=0)
-        self.max_wait_s = parse_duration_s("max_wait_s", max_wait_s, allow_zero=True)
+        self.max_concurrent = _at_most(
+            "max_concurrent",
+            parse_count("max_concurrent", max_concurrent, minimum=1),
+            CONCURRENT_CALLS_MAX,
+            "CONCURRENT_CALLS_MAX",
+        )
+        self.max_queue = _at_most(
+            "max_queue",
+            parse_count("max_queue", max_queue, minimum=0),
+            QUEUED_CALLS_MAX,
+            "QUEUED_CALLS_MAX",
+        )
+        self.max_wait_s = _at_most(
+            "max_wait_s",
+            parse_duration_s("max_wait_s", max_wait_s, allow_zero=True),
+            WAIT_S_MAX,
+            "WAIT_S_MAX",
+        )
         if not isinstance(name, str) or not name:
             raise ValueError(f"name: must be a non-empty string, got {name!r}")
         self.name = name
@@ -196,12 +238,16 @@ class Bulkhead:
     # -- listeners and statistics -------------------------------------------------------
 
     def add_listener(self, listener: Listener) -> None:
-        self._emitter.add_listener(listener)
-        self._observed = True
+        # Change and recompute under one lock: otherwise a concurrent remove_listener could
+        # store its stale "no listeners" after this add and hide the new listener for good.
+        with self._lock:
+            self._emitter.add_listener(listener)
+            self._observed = self._emitter.active
 
     def remove_listener(self, listener: Listener) -> None:
-        self._emitter.remove_listener(listener)
-        self._observed = self._emitter.active
+        with self._lock:
+            self._emitter.remove_listener(listener)
+            self._observed = self._emitter.active
 
     def statistics(self) -> BulkheadStatistics:
         with self._lock:

@@ -13,6 +13,9 @@ holding a slot is the right to hold one resource. A block that raises one of ``b
 (by default any exception, because a connection interrupted mid-protocol is in an unknown
 state), is cancelled, or calls :meth:`BoundedPool.discard` returns its resource broken: it is
 closed instead of reused, and its slot lets the next caller create a fresh one.
+
+Limits: ``max_size`` at most :data:`POOL_SIZE_MAX`, ``max_waiting`` at most
+:data:`WAITING_CALLERS_MAX`, ``acquire_timeout_s`` at most :data:`ACQUIRE_TIMEOUT_S_MAX`.
 """
 
 from __future__ import annotations
@@ -22,16 +25,34 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Generic, TypeVar
+from typing import Final, Generic, TypeVar
 
 from phalanx.clock import SYSTEM_CLOCK, Clock
-from phalanx.resilience.bulkhead import Bulkhead
+from phalanx.resilience.bulkhead import (
+    CONCURRENT_CALLS_MAX,
+    QUEUED_CALLS_MAX,
+    WAIT_S_MAX,
+    Bulkhead,
+)
 from phalanx.resilience.config import parse_count, parse_duration_s
 from phalanx.resilience.events import Listener
 
-__all__ = ["BoundedPool", "PoolStatistics"]
+__all__ = [
+    "ACQUIRE_TIMEOUT_S_MAX",
+    "POOL_SIZE_MAX",
+    "WAITING_CALLERS_MAX",
+    "BoundedPool",
+    "PoolStatistics",
+]
 
 R = TypeVar("R")
+
+#: Largest ``max_size``: the bulkhead's limit, since every resource is one of its slots.
+POOL_SIZE_MAX: Final = CONCURRENT_CALLS_MAX
+#: Largest ``max_waiting``: the bulkhead's queue limit.
+WAITING_CALLERS_MAX: Final = QUEUED_CALLS_MAX
+#: Longest ``acquire_timeout_s`` (one day).
+ACQUIRE_TIMEOUT_S_MAX: Final = WAIT_S_MAX
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,12 +89,14 @@ class BoundedPool(Generic[R]):
 
     Parameters:
         factory: makes a new resource; called lazily, only when no idle one is available.
-        max_size: most resources in existence at once (>= 1).
+        max_size: most resources in existence at once (1..``POOL_SIZE_MAX``).
         max_idle: most idle resources kept for reuse (0..max_size, default ``max_size``);
             extra ones are closed when returned.
         acquire_timeout_s: longest a caller waits for a resource, in seconds or a string
-            such as ``"500ms"``; ``0`` fails at once when all are in use.
-        max_waiting: most callers waiting at once (>= 0); more are rejected at once.
+            such as ``"500ms"`` (at most ``ACQUIRE_TIMEOUT_S_MAX``); ``0`` fails at once when
+            all are in use.
+        max_waiting: most callers waiting at once (0..``WAITING_CALLERS_MAX``); more are
+            rejected at once.
         close: releases a resource the pool drops (broken, surplus idle, or pool closed).
         afactory: used by :meth:`aacquire` instead of ``factory`` when given, so creating a
             connection does not block the event loop.
@@ -100,6 +123,10 @@ class BoundedPool(Generic[R]):
         if not callable(factory):
             raise ValueError(f"factory: must be callable, got {factory!r}")
         self.max_size = parse_count("max_size", max_size, minimum=1)
+        if self.max_size > POOL_SIZE_MAX:
+            raise ValueError(
+                f"max_size: must be <= {POOL_SIZE_MAX} (POOL_SIZE_MAX), got {self.max_size}"
+            )
         self.max_idle = (
             self.max_size if max_idle is None else parse_count("max_idle", max_idle, minimum=0)
         )
@@ -110,7 +137,21 @@ class BoundedPool(Generic[R]):
         self.acquire_timeout_s = parse_duration_s(
             "acquire_timeout_s", acquire_timeout_s, allow_zero=True
         )
+        if self.acquire_timeout_s > ACQUIRE_TIMEOUT_S_MAX:
+            raise ValueError(
+                f"acquire_timeout_s: must be <= {ACQUIRE_TIMEOUT_S_MAX} (ACQUIRE_TIMEOUT_S_MAX), "
+                f"got {self.acquire_timeout_s}"
+            )
         self.max_waiting = parse_count("max_waiting", max_waiting, minimum=0)
+        if self.max_waiting > WAITING_CALLERS_MAX:
+            raise ValueError(
+                f"max_waiting: must be <= {WAITING_CALLERS_MAX} (WAITING_CALLERS_MAX), "
+                f"got {self.max_waiting}"
+            )
+        if close is not None and not callable(close):
+            raise ValueError(f"close: must be callable, got {close!r}")
+        if afactory is not None and not callable(afactory):
+            raise ValueError(f"afactory: must be callable, got {afactory!r}")
         if not isinstance(broken_on, tuple) or not all(
             isinstance(t, type) and issubclass(t, BaseException) for t in broken_on
         ):

@@ -18,6 +18,10 @@ Both guarantee that over any interval of ``t`` seconds they admit at most
   ``retry_after_s`` says when the permits would be available;
 - ``call``/``acall`` and use as a decorator acquire one permit, then call.
 
+Limits: ``rate_per_s`` between :data:`RATE_PER_S_MIN` and :data:`RATE_PER_S_MAX`, ``burst``
+at most :data:`BURST_PERMITS_MAX`, ``max_wait_s`` (the default and the per-call one) at most
+:data:`WAIT_S_MAX`.
+
 A waiting caller reserves its permits before it sleeps, so callers are served in arrival
 order and the limit holds even when many threads wait at once. A caller cancelled while
 sleeping forfeits its reservation: the limiter errs on the side of admitting less.
@@ -29,7 +33,7 @@ import abc
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import ClassVar, ParamSpec, TypeVar
+from typing import ClassVar, Final, ParamSpec, TypeVar
 
 from phalanx.clock import SYSTEM_CLOCK, Clock
 from phalanx.errors import RateLimited
@@ -38,13 +42,37 @@ from phalanx.resilience.deadline import remaining_s
 from phalanx.resilience.events import Emitter, Listener
 from phalanx.resilience.wrapping import decorate
 
-__all__ = ["Gcra", "RateLimiter", "RateLimiterStatistics", "TokenBucket"]
+__all__ = [
+    "BURST_PERMITS_MAX",
+    "RATE_PER_S_MAX",
+    "RATE_PER_S_MIN",
+    "WAIT_S_MAX",
+    "Gcra",
+    "RateLimiter",
+    "RateLimiterStatistics",
+    "TokenBucket",
+]
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
+#: Fastest rate: a million permits a second; beyond that, count in batches with ``n``.
+RATE_PER_S_MAX: Final = 1_000_000.0
+#: Slowest rate: one permit in about 11.6 days; slower rates overflow the emission interval.
+RATE_PER_S_MIN: Final = 1e-6
+#: Largest ``burst``: tokens are floats, and their sums must stay exact to well below one.
+BURST_PERMITS_MAX: Final = 1_000_000
+#: Longest ``max_wait_s`` (one day), for the limiter's default and for a single call.
+WAIT_S_MAX: Final = 86_400.0
+
 # Float slack so that, e.g., ten refills of 0.1 s at 10/s add up to one whole token.
 _EPSILON = 1e-9
+
+
+def _wait_s_at_most_max(wait_s: float) -> float:
+    if wait_s > WAIT_S_MAX:
+        raise ValueError(f"max_wait_s: must be <= {WAIT_S_MAX} (WAIT_S_MAX), got {wait_s}")
+    return wait_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,12 +101,13 @@ class RateLimiter(abc.ABC):
     """The interface and shared machinery of the rate limiters.
 
     Parameters:
-        rate_per_s: sustained permits per second (> 0).
-        burst: most permits available at once after a quiet period (>= 1); also the
-            largest ``n`` a single acquisition may ask for.
+        rate_per_s: sustained permits per second (``RATE_PER_S_MIN``..``RATE_PER_S_MAX``).
+        burst: most permits available at once after a quiet period
+            (1..``BURST_PERMITS_MAX``); also the largest ``n`` a single acquisition may ask
+            for.
         max_wait_s: default longest wait of :meth:`acquire`, :meth:`aacquire`, :meth:`call`,
-            :meth:`acall` and the decorator, in seconds or a string such as ``"500ms"``;
-            ``0`` never waits.
+            :meth:`acall` and the decorator, in seconds or a string such as ``"500ms"`` (at
+            most ``WAIT_S_MAX``); ``0`` never waits.
         name: shown in errors, events and statistics.
         clock: reads time and performs the waits (use :class:`phalanx.clock.ManualClock` in
             tests).
@@ -98,8 +127,19 @@ class RateLimiter(abc.ABC):
         listeners: tuple[Listener, ...] = (),
     ) -> None:
         self.rate_per_s = require_positive("rate_per_s", rate_per_s)
+        if not RATE_PER_S_MIN <= self.rate_per_s <= RATE_PER_S_MAX:
+            raise ValueError(
+                f"rate_per_s: must be between {RATE_PER_S_MIN} (RATE_PER_S_MIN) and "
+                f"{RATE_PER_S_MAX} (RATE_PER_S_MAX), got {rate_per_s!r}"
+            )
         self.burst = parse_count("burst", burst, minimum=1)
-        self.max_wait_s = parse_duration_s("max_wait_s", max_wait_s, allow_zero=True)
+        if self.burst > BURST_PERMITS_MAX:
+            raise ValueError(
+                f"burst: must be <= {BURST_PERMITS_MAX} (BURST_PERMITS_MAX), got {self.burst}"
+            )
+        self.max_wait_s = _wait_s_at_most_max(
+            parse_duration_s("max_wait_s", max_wait_s, allow_zero=True)
+        )
         if not isinstance(name, str) or not name:
             raise ValueError(f"name: must be a non-empty string, got {name!r}")
         self.name = name
@@ -145,6 +185,7 @@ class RateLimiter(abc.ABC):
             budget_s = self.max_wait_s
         else:
             budget_s = require_positive("max_wait_s", max_wait_s) if max_wait_s else 0.0
+            _wait_s_at_most_max(budget_s)
         left_s = remaining_s()
         if left_s is not None and left_s < budget_s:
             budget_s = max(left_s, 0.0)
