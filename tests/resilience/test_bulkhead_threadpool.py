@@ -238,3 +238,13 @@ def test_bad_registry_configuration(config: dict[str, int] | str, message: str):
 def test_bad_kind_is_rejected():
     with pytest.raises(ValueError, match="kind"):
         BulkheadRegistry.from_config({"a": 1}, kind="fork")  # type: ignore[call-overload]
+
+
+def test_thread_pool_limits_are_named() -> None:
+    from phalanx.resilience.threadpool import QUEUE_MAX, WORKERS_MAX
+
+    ThreadPoolBulkhead(max_workers=WORKERS_MAX, max_queue=QUEUE_MAX).shutdown()
+    with pytest.raises(ValueError, match="max_workers"):
+        ThreadPoolBulkhead(max_workers=WORKERS_MAX + 1)
+    with pytest.raises(ValueError, match="max_queue"):
+        ThreadPoolBulkhead(max_workers=1, max_queue=QUEUE_MAX + 1)

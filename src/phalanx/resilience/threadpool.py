@@ -35,7 +35,12 @@ from phalanx.resilience.deadline import remaining_s
 from phalanx.resilience.events import Emitter, Listener
 from phalanx.resilience.workers import DaemonThreadPool
 
-__all__ = ["ThreadPoolBulkhead", "ThreadPoolStatistics"]
+__all__ = ["QUEUE_MAX", "WORKERS_MAX", "ThreadPoolBulkhead", "ThreadPoolStatistics"]
+
+#: Most worker threads one pool may own.
+WORKERS_MAX = 1024
+#: Most calls one pool may hold waiting for a worker.
+QUEUE_MAX = 1_000_000
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -91,7 +96,11 @@ class ThreadPoolBulkhead:
         listeners: tuple[Listener, ...] = (),
     ) -> None:
         self.max_workers = parse_count("max_workers", max_workers, minimum=1)
+        if self.max_workers > WORKERS_MAX:
+            raise ValueError(f"max_workers: at most {WORKERS_MAX} (WORKERS_MAX), got {max_workers}")
         self.max_queue = parse_count("max_queue", max_queue, minimum=0)
+        if self.max_queue > QUEUE_MAX:
+            raise ValueError(f"max_queue: at most {QUEUE_MAX} (QUEUE_MAX), got {max_queue}")
         self.call_timeout_s = (
             None if call_timeout_s is None else parse_duration_s("call_timeout_s", call_timeout_s)
         )
