@@ -146,3 +146,22 @@ def test_bucket_window_limits() -> None:
     assert window.total(0, 9.9) == 6
     assert window.total(0, 10.5) == 1  # the first bucket slid out
     assert window.total(0, 1000.0) == 0
+
+
+async def test_throttle_as_a_context_manager() -> None:
+    clock = ManualClock()
+    throttle = AdaptiveThrottle(clock=clock, rng=random.Random(4))
+    with throttle:
+        pass
+    async with throttle:
+        pass
+    assert throttle.statistics().accepts_in_window == 2
+    rejected = 0
+    for _ in range(200):
+        try:
+            with throttle:
+                raise Unavailable("overloaded")
+        except Unavailable as error:
+            rejected += "rejected locally" in str(error)
+    assert rejected > 0
+    assert throttle.statistics().rejected_locally == rejected

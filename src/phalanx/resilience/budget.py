@@ -20,6 +20,7 @@ import random
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from types import TracebackType
 from typing import ParamSpec, TypeVar
 
 from phalanx.clock import SYSTEM_CLOCK, Clock
@@ -197,6 +198,30 @@ class AdaptiveThrottle(Observable):
     def _admit_or_raise(self) -> None:
         if not self.try_admit():
             raise Unavailable(f"{self.name}: rejected locally by adaptive throttling")
+
+    def __enter__(self) -> AdaptiveThrottle:
+        """Admit the block or raise :class:`~phalanx.errors.Unavailable`; record its outcome."""
+        self._admit_or_raise()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.record(exc)
+
+    async def __aenter__(self) -> AdaptiveThrottle:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.record(exc)
 
     def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         self._admit_or_raise()
