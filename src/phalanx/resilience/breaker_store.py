@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from phalanx.resilience.config import require_positive
+from phalanx.resilience.sqlite_db import open_database
 
 __all__ = [
     "NAME_CHARS_MAX",
@@ -165,27 +165,12 @@ class SQLiteBreakerStore:
         busy_timeout_s = require_positive("busy_timeout_s", busy_timeout_s)
         self._path = Path(path)
         self._lock = threading.Lock()
-        # One connection shared by this process's threads, serialised by ``_lock``;
-        # autocommit mode so transactions are explicit.
-        self._conn = sqlite3.connect(
+        self._conn = open_database(
             str(self._path),
-            timeout=busy_timeout_s,
-            isolation_level=None,
-            check_same_thread=False,
+            what="breaker store",
+            schema=_SCHEMA,
+            busy_timeout_s=busy_timeout_s,
         )
-        try:
-            with self._lock:
-                self._conn.execute("PRAGMA journal_mode=WAL")
-                self._conn.execute("PRAGMA synchronous=NORMAL")
-                self._conn.execute(_SCHEMA)
-        except BaseException as exc:
-            # Nobody else holds the connection yet: close it here or it leaks a file handle.
-            self._conn.close()
-            if isinstance(exc, sqlite3.Error):
-                raise type(exc)(
-                    f"breaker store {str(self._path)!r}: cannot set up the database: {exc}"
-                ) from exc
-            raise
 
     @property
     def path(self) -> Path:

@@ -18,13 +18,13 @@ lost completion would let a duplicate run again.
 from __future__ import annotations
 
 import os
-import sqlite3
 import threading
 from types import TracebackType
 
 from phalanx.errors import Unavailable
 from phalanx.resilience.config import parse_count, parse_duration_s
 from phalanx.resilience.idempotency.store import Claim, IdempotencyRecord, RecordState
+from phalanx.resilience.sqlite_db import SYNCHRONOUS_MODES, open_database
 
 __all__ = ["SqliteIdempotencyStore"]
 
@@ -60,8 +60,6 @@ ON CONFLICT (key) DO UPDATE SET
     result = NULL
 """
 
-_SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
-
 
 class SqliteIdempotencyStore:
     """An :class:`~.store.IdempotencyStore` in a SQLite file (or ``":memory:"``)."""
@@ -76,32 +74,18 @@ class SqliteIdempotencyStore:
     ) -> None:
         self.entries_max = parse_count("entries_max", entries_max, minimum=1)
         self.busy_timeout_s = parse_duration_s("busy_timeout_s", busy_timeout_s, allow_zero=True)
-        if synchronous.upper() not in _SYNCHRONOUS_MODES:
-            raise ValueError(f"synchronous: one of {_SYNCHRONOUS_MODES}, got {synchronous!r}")
+        if synchronous.upper() not in SYNCHRONOUS_MODES:
+            raise ValueError(f"synchronous: one of {SYNCHRONOUS_MODES}, got {synchronous!r}")
         self.path = os.fspath(path)
         self.evictions = 0
-        # One connection shared by this object's threads, serialized by the lock; autocommit
-        # mode so that transactions are exactly the explicit BEGIN ... COMMIT blocks below.
-        self._conn = sqlite3.connect(
-            self.path,
-            timeout=self.busy_timeout_s,
-            isolation_level=None,
-            check_same_thread=False,
-        )
         self._lock = threading.Lock()
-        try:
-            with self._lock:
-                self._conn.execute("PRAGMA journal_mode=WAL")
-                self._conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
-                self._conn.executescript(_SCHEMA)
-        except BaseException as exc:
-            # Nobody else holds the connection yet: close it here or it leaks a file handle.
-            self._conn.close()
-            if isinstance(exc, sqlite3.Error):
-                raise type(exc)(
-                    f"idempotency store {self.path!r}: cannot set up the database: {exc}"
-                ) from exc
-            raise
+        self._conn = open_database(
+            self.path,
+            what="idempotency store",
+            schema=_SCHEMA,
+            busy_timeout_s=self.busy_timeout_s,
+            synchronous=synchronous,
+        )
 
     def close(self) -> None:
         with self._lock:
