@@ -45,7 +45,7 @@ from rich.table import Table
 from phalanx.resilience.breaker import CircuitBreaker
 from phalanx.resilience.bulkhead import Bulkhead
 from phalanx.resilience.pipeline import Pipeline
-from phalanx.resilience.ratelimit import TokenBucket
+from phalanx.resilience.ratelimit import BURST_PERMITS_MAX, RATE_PER_S_MAX, TokenBucket
 from phalanx.resilience.retry import Retry
 from phalanx.resilience.timeout import TimeLimiter
 
@@ -143,7 +143,7 @@ def method_call_loop(call: Callable[..., object], fn: Callable[[int], object]) -
 
 def try_acquire_loop(fn: Callable[[int], object]) -> Loop:
     """``if bucket.try_acquire(): f(x)`` inline; the bucket never runs dry."""
-    bucket = TokenBucket(rate_per_s=1e12, burst=10**12)
+    bucket = TokenBucket(rate_per_s=RATE_PER_S_MAX, burst=BURST_PERMITS_MAX)
     try_acquire = bucket.try_acquire
 
     def run(n: int) -> int:
@@ -304,7 +304,7 @@ def cases() -> list[Case]:
             "sync",
             _sync(
                 "@TokenBucket(...) (acquire)",
-                lambda: TokenBucket(rate_per_s=1e12, burst=10**12)(f),
+                lambda: TokenBucket(rate_per_s=RATE_PER_S_MAX, burst=BURST_PERMITS_MAX)(f),
             ),
         ),
         Case(

@@ -17,8 +17,6 @@ def test_bench_resilience_quick_run(tmp_path: Path) -> None:
             sys.executable,
             str(ROOT / "benchmarks" / "bench_resilience.py"),
             "--quick",
-            "--only",
-            "breaker",
             "--write",
             str(out),
         ],
