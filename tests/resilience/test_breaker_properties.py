@@ -15,15 +15,14 @@ from hypothesis import strategies as st
 
 from phalanx.clock import ManualClock
 from phalanx.errors import CircuitOpen
-from phalanx.resilience.breaker import (
+from phalanx.resilience.breaker import CircuitBreaker, Permit
+from phalanx.resilience.breaker_config import (
     LEGAL_EDGES,
     MANUAL_REASONS,
     BreakerConfig,
-    BreakerMachine,
     BreakerState,
-    CircuitBreaker,
-    Permit,
 )
+from phalanx.resilience.breaker_machine import BreakerMachine
 from phalanx.resilience.breaker_window import CountWindow, TimeWindow
 from phalanx.resilience.events import Event
 
