@@ -94,11 +94,17 @@ class TimeLimiter(Observable):
 
     # -- helpers ------------------------------------------------------------------------
 
-    def _bound(self) -> tuple[Deadline, bool]:
-        """The deadline of this call, and whether the caller's deadline is the binding one."""
-        own_at_s = self._clock.now_s() + self.timeout_s
-        value = tighter(self.timeout_s, self._clock)
-        return value, value[0] < own_at_s
+    def _bound(self) -> tuple[Deadline, bool, float]:
+        """This call's deadline, whether the caller's deadline is the binding one, and the
+        seconds left until it."""
+        clock = self._clock
+        now_s = clock.now_s()
+        own_at_s = now_s + self.timeout_s
+        current = _DEADLINE.get()
+        if current is None or (current[1] is clock and current[0] >= own_at_s):
+            return (own_at_s, clock), False, self.timeout_s
+        value = tighter(self.timeout_s, clock)
+        return value, value[0] < own_at_s, value[0] - value[1].now_s()
 
     def _expired(self, limit_s: float, inherited: bool) -> Timeout:
         with self._lock:
@@ -119,8 +125,7 @@ class TimeLimiter(Observable):
     def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run ``fn`` with this limit (see the module documentation for sync semantics)."""
         self._calls.incr()
-        deadline, inherited = self._bound()
-        limit_s = deadline[0] - deadline[1].now_s()
+        deadline, inherited, limit_s = self._bound()
         if limit_s <= 0:
             raise self._expired(0.0, inherited)
         if self.sync_mode == "cooperative":
@@ -170,8 +175,7 @@ class TimeLimiter(Observable):
     async def acall(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Await ``fn`` and cancel it at the limit."""
         self._calls.incr()
-        deadline, inherited = self._bound()
-        limit_s = deadline[0] - deadline[1].now_s()
+        deadline, inherited, limit_s = self._bound()
         token = _DEADLINE.set(deadline)
         scope = asyncio.timeout(max(limit_s, 0.0))
         try:
@@ -192,7 +196,7 @@ class TimeLimiter(Observable):
     def __enter__(self) -> Deadline:
         """Publish the limit as a cooperative deadline for the block (sync code)."""
         self._calls.incr()
-        deadline, _ = self._bound()
+        deadline, _, _ = self._bound()
         token = _DEADLINE.set(deadline)
         self._scopes.set([*self._scopes.get([]), (token, deadline)])
         return deadline
@@ -214,8 +218,7 @@ class TimeLimiter(Observable):
     async def __aenter__(self) -> Deadline:
         """Cancel the block at the limit (async code)."""
         self._calls.incr()
-        deadline, inherited = self._bound()
-        limit_s = deadline[0] - deadline[1].now_s()
+        deadline, inherited, limit_s = self._bound()
         scope = asyncio.timeout(max(limit_s, 0.0))
         token = _DEADLINE.set(deadline)
         await scope.__aenter__()
