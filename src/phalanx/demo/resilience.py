@@ -35,6 +35,7 @@ __all__ = ["run"]
 WORKERS = 16
 THINK_TIME_S = 0.01
 REFRESH_PER_S = 4
+TRANSITIONS_SHOWN = 8
 
 
 @dataclass
@@ -159,8 +160,12 @@ class Demo:
         return grid
 
     def view(self) -> Group:
-        transitions = Text("\n".join(self.transitions[-6:]) or "(no transitions yet)")
-        return Group(self.table(), Text("breaker transitions:", style="bold"), transitions)
+        shown = self.transitions[-TRANSITIONS_SHOWN:]
+        transitions = Text("\n".join(shown) or "(no transitions yet)")
+        heading = "breaker transitions"
+        if len(self.transitions) > len(shown):
+            heading += f" (last {len(shown)} of {len(self.transitions)})"
+        return Group(self.table(), Text(f"{heading}:", style="bold"), transitions)
 
     def summary(self) -> Table:
         table = Table(title="What each phase looked like to callers", show_header=True)
@@ -205,6 +210,9 @@ def run(*, seed: int = 7, duration_s: float = 12.0, live: bool | None = None) ->
     asyncio.run(demo.run(console, live=console.is_terminal if live is None else live))
     if not console.is_terminal or live is False:
         console.print(demo.view())
+    if len(demo.transitions) > TRANSITIONS_SHOWN:
+        console.print("[bold]every breaker transition:[/bold]")
+        console.print("\n".join(demo.transitions))
     console.print(demo.summary())
     outage = demo.dependency.calls_by_phase["outage"]
     healthy = demo.dependency.calls_by_phase["healthy"]
