@@ -243,6 +243,84 @@ async def test_sync_threads_max_caps_hung_worker_threads() -> None:
     assert (await registry.run_check("b")).ok
 
 
+async def test_more_healthy_sync_checks_than_threads_wait_for_a_thread_and_pass() -> None:
+    registry, _ = make(sync_threads_max=2)
+    release = threading.Event()
+    for name in ("a", "b", "c", "d"):
+        registry.add(name, lambda: release.wait(10.0), timeout_s=10.0)
+    probe = asyncio.create_task(registry.run_probe("readiness"))
+    for _ in range(500):  # until both threads are taken and the other checks queue for them
+        if registry.statistics().sync_threads_busy == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert not probe.done()
+    release.set()
+    report = await probe
+    assert report.status is ProbeStatus.OK
+    assert [r.status for r in report.checks] == [CheckStatus.OK] * 4
+    await wait_threads_idle(registry)
+
+
+async def test_a_check_waits_for_a_thread_only_within_its_own_deadline() -> None:
+    registry, clock = make(sync_threads_max=1)
+    release = threading.Event()
+    calls: list[str] = []
+    registry.add("stuck", lambda: release.wait(10.0), timeout_s=0.05)
+    registry.add("impatient", lambda: calls.append("impatient"), timeout_s=0.05)
+    registry.add("patient", lambda: calls.append("patient"), timeout_s=10.0)
+    assert (await registry.run_check("stuck")).status is CheckStatus.TIMEOUT
+
+    patient = asyncio.create_task(registry.run_check("patient"))
+    impatient = await registry.run_check("impatient")
+    assert impatient.status is CheckStatus.TIMEOUT
+    assert impatient.message == (
+        "timed out after 0.05 s waiting for a check thread (sync_threads_max: all 1 busy)"
+    )
+    assert not patient.done()
+
+    # The freed thread goes to the check still waiting, not to the one that gave up.
+    release.set()
+    assert (await patient).ok
+    assert calls == ["patient"]
+    await wait_threads_idle(registry)
+    clock.advance(1.0)
+    assert (await registry.run_check("impatient")).ok
+    await wait_threads_idle(registry)
+
+
+async def test_a_timeout_error_raised_by_the_check_is_a_failure_not_a_timeout() -> None:
+    registry, _ = make()
+
+    def sync_socket() -> None:
+        raise TimeoutError("read timed out")
+
+    async def async_upstream() -> None:
+        raise TimeoutError("upstream said 504")
+
+    registry.add("sync", sync_socket, timeout_s=10.0)
+    registry.add("async", async_upstream, timeout_s=10.0)
+    results = {r.name: r for r in (await registry.run_probe("readiness")).checks}
+    assert results["sync"].status is CheckStatus.FAIL
+    assert results["sync"].message == "TimeoutError: read timed out"
+    assert results["async"].status is CheckStatus.FAIL
+    assert results["async"].message == "TimeoutError: upstream said 504"
+    assert registry.statistics().check_timeouts == 0
+    assert registry.statistics().check_failures == 2
+
+
+async def test_a_sync_check_raising_system_exit_fails_at_once() -> None:
+    registry, _ = make()
+
+    def exits() -> None:
+        raise SystemExit(3)
+
+    registry.add("exits", exits, timeout_s=30.0)
+    result = await asyncio.wait_for(registry.run_check("exits"), 10.0)
+    assert result.status is CheckStatus.FAIL
+    assert result.message == "SystemExit: 3"
+    await wait_threads_idle(registry)
+
+
 async def test_sync_check_exceptions_are_failures() -> None:
     registry, _ = make()
 
@@ -399,6 +477,40 @@ async def test_no_startup_checks_means_started() -> None:
     registry, _ = make()
     assert (await registry.run_probe("readiness")).status is ProbeStatus.OK
     assert registry.startup_complete
+
+
+def test_startup_is_complete_from_the_start_without_critical_startup_checks() -> None:
+    registry, _ = make()
+
+    def started() -> tuple[bool, bool]:
+        return registry.startup_complete, registry.statistics().startup_complete
+
+    assert started() == (True, True)
+    registry.add("optional", lambda: False, probes="startup", critical=False)
+    assert started() == (True, True)
+    registry.add("migrations", lambda: True, probes="startup")
+    assert started() == (False, False)
+    registry.remove("migrations")
+    assert started() == (True, True)
+
+
+async def test_a_passing_run_check_completes_startup_without_a_probe() -> None:
+    registry, _ = make()
+    registry.add("migrations", lambda: True, probes="startup")
+    assert not registry.startup_complete
+    assert (await registry.run_check("migrations")).ok
+    assert registry.startup_complete
+
+
+async def test_a_startup_check_added_after_startup_was_reported_does_not_gate() -> None:
+    registry, _ = make()
+    assert (await registry.run_probe("liveness")).status is ProbeStatus.OK
+    registry.add("late", lambda: False, probes="startup")
+    assert registry.startup_complete
+    assert (await registry.run_probe("liveness")).status is ProbeStatus.OK
+    startup = await registry.run_probe("startup")
+    assert startup.http_status == 200
+    assert startup.reason == "started; degraded: late"
 
 
 async def test_set_ready_false_drains_readiness_only() -> None:

@@ -95,3 +95,13 @@ async def test_serve_runs_on_the_loop_until_cancelled() -> None:
     async with httpx.AsyncClient(trust_env=False) as http:
         with pytest.raises(httpx.ConnectError):
             await http.get(f"http://127.0.0.1:{port}/healthz")
+
+
+async def test_serve_cancelled_before_it_started_never_reports_started() -> None:
+    started: list[int] = []
+    task = asyncio.create_task(serve(HealthRegistry(), port=0, on_started=started.append))
+    await asyncio.sleep(0)  # serve() has bound its socket and launched the server, no more
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert started == []

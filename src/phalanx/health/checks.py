@@ -17,9 +17,12 @@ A check is a sync or async callable. It passes by returning anything but ``False
 returned ``str`` becomes the result's message) and fails by returning ``False`` or raising;
 raise :class:`CheckFailed` to fail with a message and no exception type in it. Every run has
 a deadline of ``timeout_s``: async checks are cancelled at it; sync checks run in a daemon
-worker thread, so a hung check cannot hang the probe (the thread cannot be killed, so a check
-whose previous run is still stuck is not started again, and the number of such threads is
-capped by ``sync_threads_max``).
+worker thread, so a hung check cannot hang the probe. At most ``sync_threads_max`` worker
+threads run at once; a sync check waits for a free one within its own deadline. A thread
+cannot be killed, so a check whose previous run is still stuck is not started again, and
+only threads still running past their deadline can keep the others waiting. A
+``TimeoutError`` raised by the check itself (a socket timeout, say) is a ``fail`` with its
+description; ``timeout`` means the registry's deadline passed.
 
 Results are cached for ``cache_s`` per check, and probes that arrive while a check is running
 wait for that one run instead of starting their own. Checks registered with
@@ -33,6 +36,7 @@ only bad configuration raises, as ``ValueError`` naming the field, at registrati
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import enum
 import inspect
@@ -214,6 +218,8 @@ class _CheckState:
     last: CheckResult | None = None
     ever_passed: bool = False
     inflight: asyncio.Task[CheckResult] | None = None
+    # The in-flight run is queued for a worker thread (sync_threads_max reached).
+    waiting_for_thread: bool = False
     # True while a worker thread is still inside this sync check (possibly after its deadline).
     thread_busy: bool = False
     thread_started_s: float = 0.0
@@ -263,7 +269,8 @@ class HealthRegistry:
     """Named health checks grouped into the liveness, readiness and startup probes.
 
     ``checks_max`` caps how many checks may be registered, ``sync_threads_max`` how many
-    worker threads sync checks may occupy at once (including hung ones past their deadline).
+    worker threads sync checks may occupy at once (including hung ones past their deadline);
+    a sync check that finds them all busy waits for one within its own ``timeout_s``.
     ``timeout_s`` and ``cache_s`` are the defaults for checks that do not set their own.
 
     Probes are evaluated on an asyncio loop (:meth:`run_probe`); the HTTP app and server call
@@ -285,11 +292,19 @@ class HealthRegistry:
         self._checks_max = parse_count("checks_max", checks_max)
         self._sync_threads_max = parse_count("sync_threads_max", sync_threads_max)
         self._states: dict[str, _CheckState] = {}
-        self._startup_complete = False
+        # Complete while no critical startup check is pending; latched once a probe has been
+        # answered with startup complete, so checks added later cannot un-start the process.
+        self._startup_complete = True
+        self._startup_latched = False
         self._manual_ready = True
         self._manual_reason = ""
         self._threads_lock = threading.Lock()
         self._threads_busy = 0
+        # Runs waiting for a worker thread, first come first served. A freed thread is handed
+        # to the first waiter directly (the busy count is not lowered), on the waiter's loop.
+        self._thread_waiters: collections.deque[tuple[asyncio.AbstractEventLoop, _Waiter]] = (
+            collections.deque()
+        )
         self._counters = _Counters()
 
     # -- registration -------------------------------------------------------------------
@@ -329,6 +344,7 @@ class HealthRegistry:
             critical=bool(critical),
         )
         self._states[name] = _CheckState(check)
+        self._refresh_startup()
         return check
 
     def check(
@@ -361,6 +377,7 @@ class HealthRegistry:
         A run already in flight finishes within its timeout; its result is discarded.
         """
         del self._states[name]
+        self._refresh_startup()
 
     def checks(self, probe: Probe | str | None = None) -> tuple[Check, ...]:
         """Registered checks in registration order, optionally only those of ``probe``."""
@@ -386,7 +403,12 @@ class HealthRegistry:
 
     @property
     def startup_complete(self) -> bool:
-        """True once every critical startup check has passed at least once; never reverts."""
+        """True once every critical startup check has passed at least once.
+
+        A registry with no critical startup checks is complete from the start. Once a probe
+        has been answered with startup complete it never reverts, even if a startup check is
+        added later.
+        """
         return self._startup_complete
 
     # -- running ------------------------------------------------------------------------
@@ -399,6 +421,8 @@ class HealthRegistry:
         """Evaluate one probe and return its report (never raises for failing checks)."""
         which = next(iter(_parse_probes(probe)))
         self._counters.probes_served[which.value] += 1
+        if self._startup_complete:
+            self._startup_latched = True
         if which is Probe.STARTUP:
             return await self._startup_report()
         if not self._startup_complete:
@@ -446,22 +470,35 @@ class HealthRegistry:
 
     # -- internals ----------------------------------------------------------------------
 
+    def _refresh_startup(self) -> None:
+        if self._startup_latched:
+            return
+        self._startup_complete = not any(
+            Probe.STARTUP in s.check.probes and s.check.critical and not s.ever_passed
+            for s in self._states.values()
+        )
+
     async def _startup_report(self) -> ProbeReport:
         states = [s for s in self._states.values() if Probe.STARTUP in s.check.probes]
-        if self._startup_complete:
-            # Latched: report what was last seen without running anything again.
+        if self._startup_complete and all(s.last is not None for s in states):
+            # Complete: report what was last seen without running anything again (a check
+            # that never ran, e.g. a non-critical one, runs once so the report shows it).
             results = tuple(s.last for s in states if s.last is not None)
             return ProbeReport(
                 Probe.STARTUP, ProbeStatus.OK, "started", results, self._clock.now_s()
             )
         results = await self._run_states(states)
-        pending = [s.check.name for s in states if s.check.critical and not s.ever_passed]
+        pending = [
+            s.check.name
+            for s in states
+            if s.check.critical and not s.ever_passed and not self._startup_latched
+        ]
         if pending:
             reason = "starting: waiting for " + ", ".join(pending)
             return ProbeReport(
                 Probe.STARTUP, ProbeStatus.STARTING, reason, results, self._clock.now_s()
             )
-        self._startup_complete = True
+        self._startup_complete = self._startup_latched = True
         # Each check passed at some point, so startup is complete even if one fails right now
         # (that is readiness's business); say so rather than answer 503 for a finished startup.
         failing = [r.name for r in results if not r.ok]
@@ -510,15 +547,26 @@ class HealthRegistry:
         started_s = clock.now_s()
         status = CheckStatus.OK
         message = ""
+        state.waiting_for_thread = False
+        scope = asyncio.timeout(check.timeout_s)
         try:
-            async with asyncio.timeout(check.timeout_s):
+            async with scope:
                 outcome = await self._invoke(state)
             if outcome is False:
                 status, message = CheckStatus.FAIL, "check returned False"
             elif isinstance(outcome, str):
                 message = outcome
-        except TimeoutError:
-            status, message = CheckStatus.TIMEOUT, f"timed out after {check.timeout_s:g} s"
+        except TimeoutError as error:
+            if not scope.expired():  # raised by the check itself: an ordinary failure
+                status, message = CheckStatus.FAIL, _describe(error)
+            elif state.waiting_for_thread:
+                status = CheckStatus.TIMEOUT
+                message = (
+                    f"timed out after {check.timeout_s:g} s waiting for a check thread "
+                    f"(sync_threads_max: all {self._sync_threads_max} busy)"
+                )
+            else:
+                status, message = CheckStatus.TIMEOUT, f"timed out after {check.timeout_s:g} s"
         except _StillRunning as still:
             status, message = CheckStatus.TIMEOUT, str(still)
         except Exception as error:  # any exception from a check is its failure
@@ -539,8 +587,9 @@ class HealthRegistry:
         if status is not CheckStatus.OK:
             counters.check_failures += 1
         state.last = result
-        if result.ok:
+        if result.ok and not state.ever_passed:
             state.ever_passed = True
+            self._refresh_startup()
         return result
 
     async def _invoke(self, state: _CheckState) -> object:
@@ -554,16 +603,49 @@ class HealthRegistry:
             outcome = await outcome
         return outcome
 
+    async def _acquire_thread(self, state: _CheckState) -> None:
+        """Take a worker-thread slot, waiting (within the caller's deadline) if none is free."""
+        loop = asyncio.get_running_loop()
+        with self._threads_lock:
+            if self._threads_busy < self._sync_threads_max and not self._thread_waiters:
+                self._threads_busy += 1
+                return
+            waiter: _Waiter = loop.create_future()
+            entry = (loop, waiter)
+            self._thread_waiters.append(entry)
+        # Left set if the deadline passes while waiting, so the timeout message can say so.
+        state.waiting_for_thread = True
+        try:
+            await waiter
+        except BaseException:
+            with self._threads_lock:
+                try:
+                    self._thread_waiters.remove(entry)
+                    handed_over = False
+                except ValueError:  # a slot was handed to us as we gave up: pass it on
+                    handed_over = True
+            if handed_over:
+                self._release_thread()
+            raise
+        state.waiting_for_thread = False
+
+    def _release_thread(self) -> None:
+        """Give a worker-thread slot to the first live waiter, or free it. Any thread."""
+        with self._threads_lock:
+            while self._thread_waiters:
+                loop, waiter = self._thread_waiters.popleft()
+                try:
+                    loop.call_soon_threadsafe(_grant, waiter)
+                except RuntimeError:  # that waiter's loop is closed; nobody waits there
+                    continue
+                return
+            self._threads_busy -= 1
+
     async def _in_thread(self, state: _CheckState) -> object:
         if state.thread_busy:
             stuck_s = self._clock.now_s() - state.thread_started_s
             raise _StillRunning(f"previous run still running after {stuck_s:g} s (hung?)")
-        with self._threads_lock:
-            if self._threads_busy >= self._sync_threads_max:
-                raise _StillRunning(
-                    f"sync_threads_max: all {self._sync_threads_max} check threads are busy"
-                )
-            self._threads_busy += 1
+        await self._acquire_thread(state)
         state.thread_busy = True
         state.thread_started_s = self._clock.now_s()
         loop = asyncio.get_running_loop()
@@ -585,18 +667,32 @@ class HealthRegistry:
                 outcome = fn()
             except Exception as exc:  # handed to the waiting probe as the check's failure
                 error = exc
+            except BaseException as exc:  # SystemExit and the like: fail the check, not the loop
+                error = CheckFailed(_describe(exc))
             finally:
                 state.thread_busy = False
-                with self._threads_lock:
-                    self._threads_busy -= 1
+                self._release_thread()
             # If the loop closed while the check ran, nobody is waiting any more.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(deliver, outcome, error)
 
         # Daemon: a check hung forever must not keep the interpreter from exiting.
         thread = threading.Thread(target=work, name=f"health-check:{state.check.name}", daemon=True)
-        thread.start()
+        try:
+            thread.start()
+        except BaseException:
+            state.thread_busy = False
+            self._release_thread()
+            raise
         return await future
+
+
+_Waiter = asyncio.Future[None]
+
+
+def _grant(waiter: _Waiter) -> None:
+    if not waiter.done():  # a waiter that gave up already passed the slot on
+        waiter.set_result(None)
 
 
 class _StillRunning(Exception):

@@ -53,7 +53,8 @@ class _Server(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         self.started_event.set()
-        if self._on_started is not None:
+        # Not when asked to exit while starting (serve() cancelled early): nothing will serve.
+        if self._on_started is not None and self.started and not self.should_exit:
             self._on_started()
 
     @contextlib.contextmanager
@@ -220,8 +221,9 @@ async def serve(
     """Serve ``registry``'s probes on the running loop until cancelled (or signalled).
 
     ``on_started(port)`` is called once requests are served, with the bound port (useful with
-    ``port=0``). With ``handle_signals`` uvicorn's SIGINT/SIGTERM handling is used, which
-    suits a process whose only job is serving health (the CLI).
+    ``port=0``); not at all if cancelled before that. With ``handle_signals`` uvicorn's
+    SIGINT/SIGTERM handling is used, which suits a process whose only job is serving health
+    (the CLI).
     """
     sock = _bind(host, port)
     bound_port = _bound_port(sock)
