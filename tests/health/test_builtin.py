@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import errno
+import os
+import socket
 import sqlite3
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -149,7 +152,38 @@ async def test_tcp_check_connects_on_loopback_and_fails_once_closed() -> None:
 
     result = await health.run_check("dep")
     assert result.status is CheckStatus.FAIL
-    assert result.message.startswith(f"connect 127.0.0.1:{port}:")
+    assert result.message == f"connect 127.0.0.1:{port}: {os.strerror(errno.ECONNREFUSED)}"
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (
+            OSError(errno.EHOSTUNREACH, "Connect call failed ('10.0.0.9', 5432)"),
+            os.strerror(errno.EHOSTUNREACH),
+        ),
+        (
+            socket.gaierror(socket.EAI_NONAME, "Name or service not known"),
+            "Name or service not known",
+        ),
+        (
+            OSError("Multiple exceptions: [Errno 111] refused"),
+            "Multiple exceptions: [Errno 111] refused",
+        ),
+    ],
+)
+async def test_tcp_check_reports_the_operating_systems_reason(
+    monkeypatch: pytest.MonkeyPatch, error: OSError, reason: str
+) -> None:
+    async def failing_connect(*_args: object, **_kwargs: object) -> object:
+        raise error
+
+    monkeypatch.setattr(asyncio, "open_connection", failing_connect)
+    health = registry()
+    health.add("dep", tcp_check("db.internal", 5432))
+    result = await health.run_check("dep")
+    assert result.status is CheckStatus.FAIL
+    assert result.message == f"connect db.internal:5432: {reason}"
 
 
 @pytest.mark.parametrize(

@@ -13,9 +13,9 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from phalanx.cli.health import health, parse_check_spec, registry_from_specs
+from phalanx.cli.health import check_name, health, parse_check_spec, registry_from_specs
 from phalanx.cli.main import _register, cli
-from phalanx.health import Probe
+from phalanx.health import CHECK_NAME_CHARS_MAX, CheckStatus, HealthRegistry, Probe
 
 
 def test_health_group_is_registered_on_the_main_cli() -> None:
@@ -64,6 +64,60 @@ def test_registry_from_specs_adds_readiness_checks() -> None:
     names = [(c.name, c.probes, c.timeout_s) for c in registry.checks()]
     ready = frozenset({Probe.READINESS})
     assert names == [("tcp:127.0.0.1:1", ready, 0.2), ("sqlite:a.db", ready, 0.2)]
+
+
+@pytest.mark.parametrize("port", ["70000", "-1", "65536"])
+def test_a_port_out_of_range_is_a_usage_error(port: str) -> None:
+    result = CliRunner().invoke(health, ["serve", "--port", port])
+    assert result.exit_code == 2
+    assert "--port" in result.output
+    assert "0<=x<=65535" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_a_spec_that_is_a_valid_name_is_the_name() -> None:
+    assert check_name("tcp:127.0.0.1:5432") == "tcp:127.0.0.1:5432"
+    assert check_name("sqlite:/data/app.db") == "sqlite:/data/app.db"
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "sqlite:/tmp/my db.db",
+        "sqlite:/data/" + "nested/" * 30 + "app.db",
+        "sqlite:/data/caf\u00e9.db",
+        "sqlite:/data/x" + "y" * (CHECK_NAME_CHARS_MAX + 1 - len("sqlite:/data/x")),
+    ],
+)
+def test_other_specs_get_a_valid_distinct_name(spec: str) -> None:
+    name = check_name(spec)
+    assert name != spec
+    assert len(name) <= CHECK_NAME_CHARS_MAX
+    assert name == check_name(spec)  # stable across runs
+    HealthRegistry().add(name, lambda: True)  # accepted as a check name
+    assert name.startswith("sqlite:/")
+    assert check_name(spec.replace("/data", "/date").replace("/tmp", "/tnp")) != name
+
+
+def test_similar_specs_that_clean_up_alike_still_get_different_names() -> None:
+    assert check_name("sqlite:/a b.db") != check_name("sqlite:/a_b.db")
+    assert check_name("sqlite:/a b.db") != check_name("sqlite:/a;b.db")
+
+
+async def test_a_renamed_check_shows_its_spec_in_the_message(tmp_path: Path) -> None:
+    present = tmp_path / "my db.db"
+    sqlite3.connect(present).close()
+    missing = tmp_path / ("long-" * 25 + "gone.db")
+    specs = [f"sqlite:{present}", f"sqlite:{missing}"]
+    registry = registry_from_specs(specs)
+    report = await registry.run_probe("readiness")
+    ok, gone = report.checks
+    assert ok.status is CheckStatus.OK
+    assert ok.name == check_name(specs[0])
+    assert ok.message == f"{specs[0]}: schema objects: 0"
+    assert gone.status is CheckStatus.FAIL
+    assert gone.message.startswith(f"{specs[1]}: ")
+    assert gone.message.endswith("no such database file")
 
 
 def test_serve_command_answers_probes_until_interrupted(tmp_path: Path) -> None:

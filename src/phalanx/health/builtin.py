@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
+import socket
 import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -129,12 +131,27 @@ def tcp_check(host: str, port: int) -> Callable[[], Awaitable[str]]:
         try:
             _reader, writer = await asyncio.open_connection(host, port)
         except OSError as error:
-            raise CheckFailed(f"connect {host}:{port}: {error.strerror or error}") from error
+            raise CheckFailed(f"connect {host}:{port}: {_os_reason(error)}") from error
         writer.close()
         await writer.wait_closed()
         return ""
 
     return check
+
+
+def _os_reason(error: OSError) -> str:
+    """The operating system's words for ``error`` ("Connection refused").
+
+    asyncio re-raises a failed connect as ``OSError(errno, "Connect call failed (...)")``, so
+    ``strerror`` is asyncio's text; the errno still names the real reason. Resolver errors carry
+    their own message (their codes are not errno values), and an error with no errno (asyncio's
+    "Multiple exceptions" for several addresses) is described as it is.
+    """
+    if isinstance(error, socket.gaierror):
+        return error.strerror or str(error)
+    if isinstance(error.errno, int) and error.errno > 0:
+        return os.strerror(error.errno)
+    return error.strerror or str(error) or type(error).__name__
 
 
 def breaker_state_name(breaker: BreakerLike) -> str:
