@@ -187,6 +187,117 @@ def test_close_closes_idle_now_and_lent_ones_on_return():
     assert pool.statistics().in_use == 0
 
 
+class BadConn(Conn):
+    """A connection whose close raises when it is its turn to, as a dead socket's might."""
+
+    turns = itertools.count()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.close_fails = next(self.turns) % 2 == 1  # every second one
+
+    def close(self) -> None:
+        if self.close_fails:
+            raise OSError(f"close {self.id} failed")
+        self.closed = True
+
+
+def bad_pool(**kwargs: object) -> tuple[BoundedPool[BadConn], list[BadConn]]:
+    BadConn.turns = itertools.count()
+    made: list[BadConn] = []
+
+    def factory() -> BadConn:
+        made.append(BadConn())
+        return made[-1]
+
+    return BoundedPool(factory, close=BadConn.close, **kwargs), made  # type: ignore[arg-type]
+
+
+def test_discard_of_a_resource_not_lent_out_is_refused():
+    pool, made = make_pool(max_size=2, max_idle=0)
+    with pool.acquire() as returned:
+        pass
+    with pytest.raises(ValueError, match=r"^discard: .* is not lent out by pool 'pool'"):
+        pool.discard(returned)
+    with pytest.raises(ValueError, match=r"^discard:"):
+        pool.discard(Conn())
+    # Nothing stale is left behind: the next block that succeeds keeps its resource healthy.
+    with pool.acquire():
+        pass
+    assert pool.statistics().broken == 0
+    assert len(made) == 2
+
+
+def test_discard_marks_are_bounded_by_the_resources_lent_out():
+    pool, _ = make_pool(max_size=2)
+    for _ in range(1000):
+        with pytest.raises(ValueError):
+            pool.discard(Conn())
+    with pool.acquire() as first, pool.acquire() as second:
+        pool.discard(first)
+        pool.discard(first)  # twice is still one mark
+        pool.discard(second)
+        assert len(pool._discarded) == 2
+    assert len(pool._discarded) == 0
+    assert len(pool._lent) == 0
+    assert pool.statistics().broken == 2
+
+
+def test_close_closes_every_idle_resource_even_when_some_close_calls_raise():
+    pool, made = bad_pool(max_size=4)
+    with ExitStack() as stack:
+        for _ in range(4):
+            stack.enter_context(pool.acquire())
+    assert pool.statistics().idle == 4
+    with pytest.raises(ExceptionGroup) as caught:
+        pool.close()
+    assert caught.value.message == "pool 'pool': 2 of 4 idle resources failed to close"
+    assert sorted(str(e) for e in caught.value.exceptions) == sorted(
+        f"close {c.id} failed" for c in made if c.close_fails
+    )
+    assert [c.closed for c in made] == [not c.close_fails for c in made]
+    stats = pool.statistics()
+    assert (stats.idle, stats.closed, stats.close_failures) == (0, 2, 2)
+
+
+def test_a_failing_close_does_not_replace_the_blocks_exception():
+    pool, made = bad_pool(max_size=1)
+    with pool.acquire() as healthy:
+        pool.discard(healthy)
+    with pytest.raises(KeyError, match="application error") as caught, pool.acquire() as conn:
+        assert conn is made[1]
+        assert conn.close_fails
+        raise KeyError("application error")
+    assert any("closing the resource also failed" in note for note in caught.value.__notes__)
+    stats = pool.statistics()
+    assert (stats.broken, stats.closed, stats.close_failures) == (2, 1, 1)
+
+
+def test_a_failing_close_after_a_successful_block_is_logged_not_raised(
+    caplog: pytest.LogCaptureFixture,
+):
+    pool, made = bad_pool(max_size=2, max_idle=0)
+    with (
+        caplog.at_level("WARNING", logger="phalanx.resilience.pool"),
+        pool.acquire(),
+        pool.acquire(),
+    ):
+        pass
+    assert [c.closed for c in made] == [True, False]
+    assert [r.message for r in caplog.records] == ["pool 'pool': closing a dropped resource failed"]
+    stats = pool.statistics()
+    assert (stats.closed, stats.close_failures, stats.in_use) == (1, 1, 0)
+
+
+def test_leaving_the_pools_block_with_an_error_keeps_that_error():
+    pool, _ = bad_pool(max_size=2)
+    with pytest.raises(KeyError) as caught, pool:
+        with pool.acquire(), pool.acquire():
+            pass
+        raise KeyError("application error")
+    assert any("closing the pool also failed" in note for note in caught.value.__notes__)
+
+
 async def test_async_acquire_uses_the_async_factory_and_waits_for_a_return():
     made: list[Conn] = []
 

@@ -14,12 +14,21 @@ holding a slot is the right to hold one resource. A block that raises one of ``b
 state), is cancelled, or calls :meth:`BoundedPool.discard` returns its resource broken: it is
 closed instead of reused, and its slot lets the next caller create a fresh one.
 
+Errors: ``acquire`` raises :class:`~phalanx.errors.BulkheadFull` when no resource frees up in
+time, ``RuntimeError`` once the pool is closed, and whatever the factory raises.
+:meth:`BoundedPool.discard` of a resource that is not lent out is a ``ValueError``. A ``close``
+callback that raises never hides the block's own exception: the failure is attached to it as
+a note, or logged on ``phalanx.resilience.pool`` when the block succeeded.
+:meth:`BoundedPool.close` closes every idle resource even if some fail, then raises an
+``ExceptionGroup`` of the failures.
+
 Limits: ``max_size`` at most :data:`POOL_SIZE_MAX`, ``max_waiting`` at most
 :data:`WAITING_CALLERS_MAX`, ``acquire_timeout_s`` at most :data:`ACQUIRE_TIMEOUT_S_MAX`.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -54,6 +63,8 @@ WAITING_CALLERS_MAX: Final = QUEUED_CALLS_MAX
 #: Longest ``acquire_timeout_s`` (one day).
 ACQUIRE_TIMEOUT_S_MAX: Final = WAIT_S_MAX
 
+_log = logging.getLogger("phalanx.resilience.pool")
+
 
 @dataclass(frozen=True, slots=True)
 class PoolStatistics:
@@ -61,9 +72,10 @@ class PoolStatistics:
 
     ``in_use`` resources are lent out and ``idle`` ones wait for reuse (``in_use + idle``
     never exceeds ``max_size``); ``waiting`` callers are queued for one. ``created`` and
-    ``closed`` count resources over the pool's life, ``broken`` those closed because their
-    block failed. ``acquired`` counts successful acquisitions, ``rejected`` callers that got
-    :class:`~phalanx.errors.BulkheadFull`.
+    ``closed`` count resources over the pool's life (``closed`` only those whose ``close``
+    returned), ``close_failures`` those whose ``close`` raised, and ``broken`` those dropped
+    because their block failed or discarded them. ``acquired`` counts successful
+    acquisitions, ``rejected`` callers that got :class:`~phalanx.errors.BulkheadFull`.
     """
 
     name: str
@@ -78,6 +90,7 @@ class PoolStatistics:
     acquired: int
     rejected: int
     peak_in_use: int
+    close_failures: int
 
 
 def _ignore(_resource: object) -> None:
@@ -98,6 +111,8 @@ class BoundedPool(Generic[R]):
         max_waiting: most callers waiting at once (0..``WAITING_CALLERS_MAX``); more are
             rejected at once.
         close: releases a resource the pool drops (broken, surplus idle, or pool closed).
+            If it raises, the resource is dropped all the same and counted in
+            ``close_failures``.
         afactory: used by :meth:`aacquire` instead of ``factory`` when given, so creating a
             connection does not block the event loop.
         broken_on: exception types which, raised inside the block, mean the resource must
@@ -177,6 +192,10 @@ class BoundedPool(Generic[R]):
         self._closed_count = 0
         self._broken = 0
         self._peak_in_use = 0
+        self._close_failures = 0
+        # ids of lent resources (a count, in case a factory hands out one object twice) and
+        # the subset marked by discard(); both hold at most max_size entries.
+        self._lent: dict[int, int] = {}
         self._discarded: set[int] = set()
         self._closed = False
 
@@ -199,6 +218,7 @@ class BoundedPool(Generic[R]):
                 acquired=slots.admitted,
                 rejected=slots.rejected,
                 peak_in_use=self._peak_in_use,
+                close_failures=self._close_failures,
             )
 
     # -- lending --------------------------------------------------------------------------
@@ -219,28 +239,68 @@ class BoundedPool(Generic[R]):
             self._in_use -= 1
             self._created -= 1
 
+    def _lend(self, resource: R) -> None:
+        with self._lock:
+            key = id(resource)
+            self._lent[key] = self._lent.get(key, 0) + 1
+
+    def _close_resource(self, resource: R) -> Exception | None:
+        """Close one dropped resource; count it, and return what ``close`` raised, if anything."""
+        try:
+            self._close(resource)
+        except Exception as close_error:  # the resource is dropped either way
+            with self._lock:
+                self._close_failures += 1
+            return close_error
+        with self._lock:
+            self._closed_count += 1
+        return None
+
     def _give_back(self, resource: R, error: BaseException | None) -> None:
         broken = error is not None and (
             isinstance(error, self._broken_on) or not isinstance(error, Exception)
         )
         with self._lock:
             self._in_use -= 1
-            if id(resource) in self._discarded:
-                self._discarded.discard(id(resource))
+            key = id(resource)
+            lent = self._lent.get(key, 0)
+            if lent > 1:
+                self._lent[key] = lent - 1
+            else:
+                self._lent.pop(key, None)
+            if key in self._discarded:
+                self._discarded.discard(key)
                 broken = True
             keep = not broken and not self._closed and len(self._idle) < self.max_idle
             if keep:
                 self._idle.append(resource)
-            else:
-                self._closed_count += 1
-                if broken:
-                    self._broken += 1
-        if not keep:
-            self._close(resource)
+            elif broken:
+                self._broken += 1
+        if keep:
+            return
+        close_error = self._close_resource(resource)
+        if close_error is None:
+            return
+        if error is not None:
+            # The block's exception is the one the caller must see; the close failure rides on it.
+            error.add_note(f"pool {self.name!r}: closing the resource also failed: {close_error!r}")
+        else:
+            _log.warning(
+                "pool %r: closing a dropped resource failed", self.name, exc_info=close_error
+            )
 
     def discard(self, resource: R) -> None:
-        """Mark a lent resource as broken: it is closed when its block ends, not reused."""
+        """Mark a lent resource as broken: it is closed when its block ends, not reused.
+
+        Raises ``ValueError`` if ``resource`` is not lent out by this pool right now (already
+        returned, or never borrowed from it).
+        """
         with self._lock:
+            if id(resource) not in self._lent:
+                raise ValueError(
+                    f"discard: {resource!r} is not lent out by pool {self.name!r}; "
+                    "call it inside the block that acquired the resource"
+                )
             self._discarded.add(id(resource))
 
     @contextmanager
@@ -257,6 +317,7 @@ class BoundedPool(Generic[R]):
                 except BaseException:
                     self._creation_failed()
                     raise
+            self._lend(resource)
             error: BaseException | None = None
             try:
                 yield resource
@@ -282,6 +343,7 @@ class BoundedPool(Generic[R]):
                 except BaseException:
                     self._creation_failed()
                     raise
+            self._lend(resource)
             error: BaseException | None = None
             try:
                 yield resource
@@ -294,13 +356,25 @@ class BoundedPool(Generic[R]):
     # -- lifetime -------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close idle resources now and lent ones when they come back; refuse new borrows."""
+        """Close idle resources now and lent ones when they come back; refuse new borrows.
+
+        Every idle resource gets its ``close`` call even if some raise; the failures are then
+        raised together as an ``ExceptionGroup`` (the pool is closed all the same).
+        """
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
-            self._closed_count += len(idle)
+        failures: list[Exception] = []
         for resource in idle:
-            self._close(resource)
+            close_error = self._close_resource(resource)
+            if close_error is not None:
+                failures.append(close_error)
+        if failures:
+            raise ExceptionGroup(
+                f"pool {self.name!r}: {len(failures)} of {len(idle)} idle resources "
+                "failed to close",
+                failures,
+            )
 
     def __enter__(self) -> BoundedPool[R]:
         return self
@@ -311,4 +385,10 @@ class BoundedPool(Generic[R]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
+        if exc is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except ExceptionGroup as failures:  # the block's own exception is the one to see
+            exc.add_note(f"closing the pool also failed: {failures!r}")
