@@ -69,7 +69,6 @@ def test_record_and_name_validation(store: BreakerStore) -> None:
 
 
 def test_sqlite_uses_wal(tmp_path: Path) -> None:
-    import sqlite3
 
     path = tmp_path / "wal.db"
     with SQLiteBreakerStore(path):
@@ -79,27 +78,6 @@ def test_sqlite_uses_wal(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
         conn.close()
-
-
-def test_a_file_that_is_not_a_database_is_refused_and_its_connection_closed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = tmp_path / "not-a-database.db"
-    path.write_bytes(b"this is not a SQLite file" * 100)
-    opened: list[sqlite3.Connection] = []
-    connect = sqlite3.connect
-
-    def recording_connect(*args: object, **kwargs: object) -> sqlite3.Connection:
-        conn = connect(*args, **kwargs)  # type: ignore[call-overload]
-        opened.append(conn)
-        return conn
-
-    monkeypatch.setattr(sqlite3, "connect", recording_connect)
-    with pytest.raises(sqlite3.DatabaseError, match=r"not-a-database\.db"):
-        SQLiteBreakerStore(path)
-    assert len(opened) == 1
-    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
-        opened[0].execute("SELECT 1")
 
 
 def _pair(path: Path, clock: ManualClock) -> tuple[CircuitBreaker, CircuitBreaker]:

@@ -301,24 +301,3 @@ def test_busy_timeout_s_bounds_the_wait_for_another_writer(tmp_path: Path) -> No
             assert claim(store, "k", "o").acquired
         finally:
             other.close()
-
-
-def test_a_file_that_is_not_a_database_is_refused_and_its_connection_closed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = tmp_path / "not-a-database.db"
-    path.write_bytes(b"this is not a SQLite file" * 100)
-    opened: list[sqlite3.Connection] = []
-    connect = sqlite3.connect
-
-    def recording_connect(*args: object, **kwargs: object) -> sqlite3.Connection:
-        conn = connect(*args, **kwargs)  # type: ignore[call-overload]
-        opened.append(conn)
-        return conn
-
-    monkeypatch.setattr(sqlite3, "connect", recording_connect)
-    with pytest.raises(sqlite3.DatabaseError, match=r"not-a-database\.db"):
-        SqliteIdempotencyStore(path)
-    assert len(opened) == 1
-    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
-        opened[0].execute("SELECT 1")
