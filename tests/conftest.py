@@ -1,10 +1,54 @@
-"""Test-wide settings.
+"""Test-wide settings and shared fixtures.
 
 Hypothesis runs without its per-example deadline: the machines that run the suite are
 small and shared, and a slow example is not a failure. Failures print a reproduction blob.
+
+``postgres_server`` starts one throwaway PostgreSQL server for the session (see
+``tests/pg.py``), only when a test asks for it. Missing PostgreSQL binaries fail those tests
+rather than skip them: CI installs the binaries, so their absence is a broken setup.
 """
 
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
 from hypothesis import settings
 
 settings.register_profile("phalanx", deadline=None, print_blob=True)
 settings.load_profile("phalanx")
+
+
+def _load_pg() -> ModuleType:
+    # The suite runs with --import-mode=importlib, so tests/ is not on sys.path: load the
+    # helper by path, once, under a name test modules can find in sys.modules too.
+    name = "phalanx_tests_pg"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("pg.py"))
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[object]:
+    """A running ``tests/pg.py`` ``PgServer``; connect with its ``dsn``."""
+    pg = _load_pg()
+    problem = None
+    try:
+        server = pg.start_server()
+    except pg.PostgresUnavailable as exc:
+        problem = str(exc)
+    if problem is not None:
+        pytest.fail(f"cannot start the test PostgreSQL server: {problem}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()

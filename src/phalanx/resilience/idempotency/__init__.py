@@ -1,10 +1,15 @@
 """Idempotency keys: run an operation at most once per key and replay its result.
 
-The package owns the store contract (:mod:`.store`), two stores (:mod:`.memory`,
-:mod:`.sqlite`), request fingerprints (:mod:`.fingerprint`), the executor for library code
-(:mod:`.guard`) and the ASGI middleware for HTTP services (:mod:`.asgi`). See
+The package owns the store contract (:mod:`.store`), three stores (:mod:`.memory`,
+:mod:`.sqlite`, :mod:`.postgres`), request fingerprints (:mod:`.fingerprint`), the executor
+for library code (:mod:`.guard`) and the ASGI middleware for HTTP services (:mod:`.asgi`). See
 ``docs/resilience-idempotency.md`` for the cases, limits and failure modes.
+
+:class:`PostgresIdempotencyStore` is imported on first use, so the package works without
+psycopg (the ``postgres`` extra) installed.
 """
+
+from typing import TYPE_CHECKING
 
 from phalanx.resilience.idempotency.asgi import (
     IdempotencyMiddleware,
@@ -33,6 +38,9 @@ from phalanx.resilience.idempotency.store import (
     RecordState,
 )
 
+if TYPE_CHECKING:
+    from phalanx.resilience.idempotency.postgres import PostgresIdempotencyStore
+
 __all__ = [
     "Claim",
     "FingerprintMismatch",
@@ -43,6 +51,7 @@ __all__ = [
     "IdempotencyStore",
     "KeyInProgress",
     "MemoryIdempotencyStore",
+    "PostgresIdempotencyStore",
     "RecordState",
     "SqliteIdempotencyStore",
     "StoredResponse",
@@ -56,3 +65,11 @@ __all__ = [
     "success_status",
     "validate_key",
 ]
+
+
+def __getattr__(name: str) -> object:
+    if name == "PostgresIdempotencyStore":
+        from phalanx.resilience.idempotency.postgres import PostgresIdempotencyStore
+
+        return PostgresIdempotencyStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
