@@ -556,6 +556,41 @@ def test_a_claim_or_completion_whose_commit_reply_was_lost_is_recognised(
         made.close()
 
 
+class DiesBeforeInsert(psycopg.Connection[Any]):
+    """Loses the session in the middle of a claim's transaction, once."""
+
+    armed = False
+    admin: psycopg.Connection[Any] | None = None
+
+    def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+        text = query.as_string(self) if hasattr(query, "as_string") else str(query)
+        cls = type(self)
+        if cls.armed and cls.admin is not None and text.lstrip().startswith("INSERT"):
+            cls.armed = False
+            terminate(cls.admin, self)
+        return super().execute(query, *args, **kwargs)
+
+
+def test_a_claim_interrupted_mid_transaction_is_rolled_back_and_rerun(
+    make_store: StoreFactory, dsn: str, admin: psycopg.Connection[Any]
+) -> None:
+    made = Connections(dsn, DiesBeforeInsert)
+    DiesBeforeInsert.admin = admin
+    try:
+        store = make_store(made)
+        DiesBeforeInsert.armed = True
+        got = claim(store, "k", "mine")
+        assert got.acquired
+        assert store.reconnects == 1
+        record = store.get("k", now_s=NOW_S)
+        assert record is not None
+        assert record.owner == "mine"
+    finally:
+        DiesBeforeInsert.armed = False
+        DiesBeforeInsert.admin = None
+        made.close()
+
+
 def test_statement_timeout_s_bounds_the_wait_for_a_locked_row(
     make_store: StoreFactory, dsn: str, table: str
 ) -> None:
