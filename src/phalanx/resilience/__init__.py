@@ -40,6 +40,8 @@ from phalanx.resilience.idempotency import (
     KeyInProgress,
     MemoryIdempotencyStore,
     SqliteIdempotencyStore,
+    asend_idempotency_key,
+    send_idempotency_key,
 )
 from phalanx.resilience.keys import current_idempotency_key, idempotency_key
 from phalanx.resilience.pipeline import Pipeline, Policy
@@ -96,10 +98,12 @@ __all__ = [
     "TimeLimiter",
     "TimeLimiterStatistics",
     "TokenBucket",
+    "asend_idempotency_key",
     "check_deadline",
     "current_deadline",
     "current_idempotency_key",
     "deadline",
     "idempotency_key",
     "remaining_s",
+    "send_idempotency_key",
 ]

@@ -19,6 +19,11 @@ from phalanx.resilience.idempotency.asgi import (
     encode_response,
     success_status,
 )
+from phalanx.resilience.idempotency.client import (
+    IDEMPOTENCY_HEADER,
+    asend_idempotency_key,
+    send_idempotency_key,
+)
 from phalanx.resilience.idempotency.fingerprint import fingerprint_call, fingerprint_request
 from phalanx.resilience.idempotency.guard import (
     FingerprintMismatch,
@@ -42,6 +47,7 @@ if TYPE_CHECKING:
     from phalanx.resilience.idempotency.postgres import PostgresIdempotencyStore
 
 __all__ = [
+    "IDEMPOTENCY_HEADER",
     "Claim",
     "FingerprintMismatch",
     "Idempotency",
@@ -56,12 +62,14 @@ __all__ = [
     "SqliteIdempotencyStore",
     "StoredResponse",
     "Ticket",
+    "asend_idempotency_key",
     "decode_response",
     "definitive_status",
     "encode_response",
     "fingerprint_call",
     "fingerprint_request",
     "scoped_key",
+    "send_idempotency_key",
     "success_status",
     "validate_key",
 ]
