@@ -1,7 +1,7 @@
 """PostgresIdempotencyStore against a real PostgreSQL server (``tests/pg.py``).
 
-The store contract is the one ``test_idempotency_store.py`` runs against the memory and
-SQLite stores, case for case; then what only a shared server has: several connections and
+The store contract itself runs in ``test_idempotency_store.py``, against every store; here
+is what only a shared server has: the executor on it, several connections and
 processes racing for one key, lost connections, timeouts, and the table itself. Every test
 gets its own table, so tests share the session's server without seeing each other's keys.
 """
@@ -72,140 +72,7 @@ def claim(store: IdempotencyStore, key: str, owner: str, *, fp: str = "fp", now_
     return store.claim(key, fp, owner, now_s=now_s, lease_s=10.0, ttl_s=100.0)
 
 
-# -- the store contract (the cases of test_idempotency_store.py) ------------------------
-
-
-def test_store_satisfies_the_protocol(make_store: StoreFactory) -> None:
-    assert isinstance(make_store(), IdempotencyStore)
-
-
-def test_first_claim_acquires_and_a_second_sees_the_in_progress_record(
-    make_store: StoreFactory,
-) -> None:
-    store = make_store()
-    first = claim(store, "k", "a")
-    assert first.acquired
-    assert first.record.state is RecordState.IN_PROGRESS
-    assert first.record.owner == "a"
-    assert first.record.lease_expires_at_s == NOW_S + 10.0
-    assert first.record.expires_at_s == NOW_S + 100.0
-
-    second = claim(store, "k", "b", now_s=NOW_S + 1)
-    assert not second.acquired
-    assert second.record.owner == "a"
-    assert second.record.state is RecordState.IN_PROGRESS
-    # What the loser sees is what the table holds, to the bit.
-    assert second.record == first.record
-
-
-def test_complete_stores_the_result_for_duplicates(make_store: StoreFactory) -> None:
-    store = make_store()
-    claim(store, "k", "a")
-    assert store.complete("k", "a", b"\x00result\xff", now_s=NOW_S + 5, ttl_s=100.0)
-    again = claim(store, "k", "b", now_s=NOW_S + 6)
-    assert not again.acquired
-    assert again.record.state is RecordState.COMPLETED
-    assert again.record.result == b"\x00result\xff"
-    assert again.record.expires_at_s == NOW_S + 105.0  # counted from the completion
-    record = store.get("k", now_s=NOW_S + 6)
-    assert record is not None
-    assert record.result == b"\x00result\xff"
-
-
-def test_only_the_owner_completes_or_releases(make_store: StoreFactory) -> None:
-    store = make_store()
-    claim(store, "k", "a")
-    assert not store.complete("k", "intruder", b"x", now_s=NOW_S, ttl_s=100.0)
-    assert not store.release("k", "intruder")
-    assert store.release("k", "a")
-    assert store.get("k", now_s=NOW_S) is None
-    assert claim(store, "k", "b").acquired
-
-
-def test_a_completed_record_is_not_released(make_store: StoreFactory) -> None:
-    store = make_store()
-    claim(store, "k", "a")
-    store.complete("k", "a", b"r", now_s=NOW_S, ttl_s=100.0)
-    assert not store.release("k", "a")
-    assert store.get("k", now_s=NOW_S) is not None
-
-
-def test_an_expired_record_is_neither_completed_nor_returned(make_store: StoreFactory) -> None:
-    store = make_store()
-    claim(store, "k", "a")
-    assert store.get("k", now_s=NOW_S + 100) is None
-    assert not store.complete("k", "a", b"late", now_s=NOW_S + 100, ttl_s=100.0)
-
-
-def test_an_expired_lease_is_taken_over_only_with_the_same_fingerprint(
-    make_store: StoreFactory,
-) -> None:
-    store = make_store()
-    claim(store, "k", "crashed")
-    assert not claim(store, "k", "b", now_s=NOW_S + 9.9).acquired
-
-    other_payload = claim(store, "k", "c", fp="other", now_s=NOW_S + 10)
-    assert not other_payload.acquired
-    assert other_payload.record.owner == "crashed"
-
-    takeover = claim(store, "k", "b", now_s=NOW_S + 10)
-    assert takeover.acquired
-    assert takeover.took_over
-    assert takeover.record.owner == "b"
-    assert not store.complete("k", "crashed", b"late", now_s=NOW_S + 11, ttl_s=100.0)
-    assert store.complete("k", "b", b"ok", now_s=NOW_S + 11, ttl_s=100.0)
-
-
-def test_a_completed_record_is_never_taken_over_before_its_ttl(make_store: StoreFactory) -> None:
-    store = make_store()
-    claim(store, "k", "a")
-    store.complete("k", "a", b"r", now_s=NOW_S, ttl_s=100.0)
-    assert not claim(store, "k", "b", now_s=NOW_S + 99.9).acquired
-    late = claim(store, "k", "b", now_s=NOW_S + 100.0)
-    assert late.acquired
-    assert not late.took_over
-    assert late.record.result is None
-
-
-def test_records_expire_after_ttl_s_and_purge_deletes_them(make_store: StoreFactory) -> None:
-    store = make_store()
-    claim(store, "a", "o")
-    claim(store, "b", "o", now_s=NOW_S + 50)
-    assert store.get("a", now_s=NOW_S + 100) is None
-    assert store.get("b", now_s=NOW_S + 100) is not None
-    assert store.purge(now_s=NOW_S + 100) == 1
-    assert len(store) == 1
-    assert store.purge(now_s=NOW_S + 150) == 1
-    assert store.get("b", now_s=NOW_S) is None
-    assert len(store) == 0
-
-
-def test_entries_max_evicts_completed_records_oldest_first(make_store: StoreFactory) -> None:
-    store = make_store(entries_max=2)
-    for index, key in enumerate(("a", "b")):
-        claim(store, key, "o", now_s=NOW_S + index)
-        store.complete(key, "o", key.encode(), now_s=NOW_S + index, ttl_s=100.0)
-    assert claim(store, "c", "o", now_s=NOW_S + 2).acquired
-    assert store.get("a", now_s=NOW_S + 2) is None  # the completed record closest to expiry
-    assert store.get("b", now_s=NOW_S + 2) is not None
-    assert store.get("c", now_s=NOW_S + 2) is not None
-    assert store.evictions == 1
-    assert len(store) == 2
-
-
-def test_entries_max_never_evicts_in_progress_records(make_store: StoreFactory) -> None:
-    store = make_store(entries_max=2)
-    claim(store, "a", "o")
-    claim(store, "b", "o")
-    with pytest.raises(Unavailable, match="entries_max"):
-        claim(store, "c", "o")
-    assert not claim(store, "a", "x").acquired
-    assert not claim(store, "b", "x").acquired
-    assert store.evictions == 0
-    # Expired records make room before anything else.
-    assert claim(store, "c", "o", now_s=NOW_S + 100).acquired
-    assert store.evictions == 2
-    assert len(store) == 1
+# -- one table, several stores ----------------------------------------------------------
 
 
 def test_entries_max_is_shared_by_the_stores_on_one_table(make_store: StoreFactory) -> None:

@@ -1,4 +1,5 @@
-"""The IdempotencyStore contract, run against every store, plus SQLite durability."""
+"""The IdempotencyStore contract, run against every store (PostgreSQL on a throwaway
+server), plus SQLite durability."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from phalanx.resilience.idempotency import (
     IdempotencyStore,
     KeyInProgress,
     MemoryIdempotencyStore,
+    PostgresIdempotencyStore,
     RecordState,
     SqliteIdempotencyStore,
 )
@@ -26,15 +29,22 @@ NOW_S = 1_700_000_000.0
 StoreFactory = Callable[..., IdempotencyStore]
 
 
-@pytest.fixture(params=["memory", "sqlite-file", "sqlite-memory"])
+@pytest.fixture(params=["memory", "sqlite-file", "sqlite-memory", "postgres"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
-    opened: list[SqliteIdempotencyStore] = []
+    opened: list[SqliteIdempotencyStore | PostgresIdempotencyStore] = []
+    # Each test gets its own PostgreSQL table on the session's throwaway server.
+    table = f"idem_{uuid.uuid4().hex[:16]}"
 
     def factory(**kwargs: int) -> IdempotencyStore:
+        store: SqliteIdempotencyStore | PostgresIdempotencyStore
         if request.param == "memory":
             return MemoryIdempotencyStore(**kwargs)
-        path = ":memory:" if request.param == "sqlite-memory" else tmp_path / "keys.db"
-        store = SqliteIdempotencyStore(path, **kwargs)
+        if request.param == "postgres":
+            dsn = str(request.getfixturevalue("postgres_server").dsn)
+            store = PostgresIdempotencyStore(dsn, table=table, **kwargs)
+        else:
+            path = ":memory:" if request.param == "sqlite-memory" else tmp_path / "keys.db"
+            store = SqliteIdempotencyStore(path, **kwargs)
         opened.append(store)
         return store
 
@@ -130,6 +140,13 @@ def test_a_completed_record_is_never_taken_over_before_its_ttl(make_store: Store
     late = claim(store, "k", "b", now_s=NOW_S + 100.0)
     assert late.acquired
     assert not late.took_over
+
+
+def test_an_expired_record_is_neither_completed_nor_returned(make_store: StoreFactory) -> None:
+    store = make_store()
+    claim(store, "k", "a")
+    assert store.get("k", now_s=NOW_S + 100) is None
+    assert not store.complete("k", "a", b"late", now_s=NOW_S + 100, ttl_s=100.0)
 
 
 def test_records_expire_after_ttl_s_and_purge_deletes_them(make_store: StoreFactory) -> None:
