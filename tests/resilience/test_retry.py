@@ -561,3 +561,58 @@ async def test_per_attempt_timeout_is_capped_by_the_total_deadline() -> None:
     # The first attempt was cancelled at the 50 ms total deadline, not its own 10 s limit,
     # and no attempt started after it.
     assert calls == 1
+
+
+def test_every_call_form_deposits_in_the_budget() -> None:
+    clock = ManualClock()
+    budget = RetryBudget(ratio=1.0, min_retries_per_s=0.0, clock=clock)
+    retry = Retry(budget=budget, clock=clock)
+    retry.call(lambda: 1)
+    retry(lambda: 1)()
+    Retry(budget=budget, propagate_deadline=False, clock=clock)(lambda: 1)()
+    assert budget.statistics().requests_in_window == 3
+
+
+async def test_async_call_forms_deposit_and_check_results() -> None:
+    clock = ManualClock()
+    budget = RetryBudget(ratio=1.0, min_retries_per_s=0.0, clock=clock)
+    values = iter([0, 1, 0, 2])
+    retry = Retry(budget=budget, retry_if_result=lambda v: v == 0, clock=clock)
+
+    async def next_value() -> int:
+        return next(values)
+
+    assert await retry.acall(next_value) == 1
+    assert await retry(next_value)() == 2
+    assert budget.statistics().requests_in_window == 2
+    assert retry.statistics().retries == 2
+
+
+async def test_async_decorator_with_a_per_attempt_timeout() -> None:
+    calls = 0
+
+    @Retry(timeout_per_attempt_s=0.02, base_delay_s=0.0, max_delay_s=0.0)
+    async def slow_once() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await asyncio.sleep(10)
+        return "ok"
+
+    assert await slow_once() == "ok"
+    assert calls == 2
+
+
+def test_sync_decorator_result_predicate_and_light_mode_result_predicate() -> None:
+    clock = ManualClock()
+    for light in (False, True):
+        values = iter([None, 3])
+        retry = Retry(
+            retry_if_result=lambda v: v is None, propagate_deadline=not light, clock=clock
+        )
+        assert retry(values.__next__)() == 3
+
+
+def test_repr_names_the_policy() -> None:
+    assert "attempts_max=4" in repr(Retry(name="db"))
+    assert "Backoff(" in repr(Retry())

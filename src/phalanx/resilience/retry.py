@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import math
 import random
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -606,10 +605,9 @@ class Retry(Observable):
             )
 
     def __repr__(self) -> str:
-        timeout = "inf" if math.isinf(self.total_timeout_s) else f"{self.total_timeout_s}"
         return (
             f"Retry(name={self.name!r}, attempts_max={self.attempts_max}, "
-            f"total_timeout_s={timeout}, {self.backoff!r})"
+            f"total_timeout_s={self.total_timeout_s}, {self.backoff!r})"
         )
 
 
