@@ -1,4 +1,4 @@
-"""Shared breaker state: the store contract (both implementations), breakers that share a
+"""Shared breaker state: the store contract (every implementation), breakers that share a
 SQLite file, a second real process opening the breaker, and a broken store."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 from phalanx.clock import ManualClock
 from phalanx.errors import CircuitOpen
 from phalanx.resilience.breaker import BreakerState, CircuitBreaker
+from phalanx.resilience.breaker_redis import RedisBreakerStore
 from phalanx.resilience.breaker_store import (
     BreakerRecord,
     BreakerStore,
@@ -32,10 +34,14 @@ def fail() -> None:
     raise Down
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BreakerStore]:
     if request.param == "memory":
         yield MemoryBreakerStore()
+    elif request.param == "redis":
+        url = str(request.getfixturevalue("redis_server").url)
+        with RedisBreakerStore(url, key_prefix=f"test:{uuid.uuid4().hex}:") as redis_store:
+            yield redis_store
     else:
         with SQLiteBreakerStore(tmp_path / "breakers.db") as sqlite_store:
             yield sqlite_store

@@ -1,5 +1,5 @@
-"""The IdempotencyStore contract, run against every store (PostgreSQL on a throwaway
-server), plus SQLite durability."""
+"""The IdempotencyStore contract, run against every store (PostgreSQL and Redis on throwaway
+servers), plus SQLite durability."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from phalanx.resilience.idempotency import (
     MemoryIdempotencyStore,
     PostgresIdempotencyStore,
     RecordState,
+    RedisIdempotencyStore,
     SqliteIdempotencyStore,
 )
 
@@ -29,19 +30,22 @@ NOW_S = 1_700_000_000.0
 StoreFactory = Callable[..., IdempotencyStore]
 
 
-@pytest.fixture(params=["memory", "sqlite-file", "sqlite-memory", "postgres"])
+@pytest.fixture(params=["memory", "sqlite-file", "sqlite-memory", "postgres", "redis"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
-    opened: list[SqliteIdempotencyStore | PostgresIdempotencyStore] = []
-    # Each test gets its own PostgreSQL table on the session's throwaway server.
+    opened: list[SqliteIdempotencyStore | PostgresIdempotencyStore | RedisIdempotencyStore] = []
+    # Each test gets its own PostgreSQL table (or Redis key prefix) on the session's server.
     table = f"idem_{uuid.uuid4().hex[:16]}"
 
     def factory(**kwargs: int) -> IdempotencyStore:
-        store: SqliteIdempotencyStore | PostgresIdempotencyStore
+        store: SqliteIdempotencyStore | PostgresIdempotencyStore | RedisIdempotencyStore
         if request.param == "memory":
             return MemoryIdempotencyStore(**kwargs)
         if request.param == "postgres":
             dsn = str(request.getfixturevalue("postgres_server").dsn)
             store = PostgresIdempotencyStore(dsn, table=table, **kwargs)
+        elif request.param == "redis":
+            url = str(request.getfixturevalue("redis_server").url)
+            store = RedisIdempotencyStore(url, key_prefix=f"test:{table}:", **kwargs)
         else:
             path = ":memory:" if request.param == "sqlite-memory" else tmp_path / "keys.db"
             store = SqliteIdempotencyStore(path, **kwargs)

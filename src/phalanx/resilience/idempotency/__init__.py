@@ -1,12 +1,13 @@
 """Idempotency keys: run an operation at most once per key and replay its result.
 
-The package owns the store contract (:mod:`.store`), three stores (:mod:`.memory`,
-:mod:`.sqlite`, :mod:`.postgres`), request fingerprints (:mod:`.fingerprint`), the executor
-for library code (:mod:`.guard`) and the ASGI middleware for HTTP services (:mod:`.asgi`). See
-``docs/resilience-idempotency.md`` for the cases, limits and failure modes.
+The package owns the store contract (:mod:`.store`), four stores (:mod:`.memory`,
+:mod:`.sqlite`, :mod:`.postgres`, :mod:`.redis`), request fingerprints (:mod:`.fingerprint`),
+the executor for library code (:mod:`.guard`) and the ASGI middleware for HTTP services
+(:mod:`.asgi`). See ``docs/resilience-idempotency.md`` for the cases, limits and failure modes.
 
-:class:`PostgresIdempotencyStore` is imported on first use, so the package works without
-psycopg (the ``postgres`` extra) installed.
+:class:`PostgresIdempotencyStore` and :class:`RedisIdempotencyStore` are imported on first
+use, so the package works without psycopg (the ``postgres`` extra) or redis-py (the ``redis``
+extra) installed.
 """
 
 from typing import TYPE_CHECKING
@@ -45,6 +46,7 @@ from phalanx.resilience.idempotency.store import (
 
 if TYPE_CHECKING:
     from phalanx.resilience.idempotency.postgres import PostgresIdempotencyStore
+    from phalanx.resilience.idempotency.redis import RedisIdempotencyStore
 
 __all__ = [
     "IDEMPOTENCY_HEADER",
@@ -59,6 +61,7 @@ __all__ = [
     "MemoryIdempotencyStore",
     "PostgresIdempotencyStore",
     "RecordState",
+    "RedisIdempotencyStore",
     "SqliteIdempotencyStore",
     "StoredResponse",
     "Ticket",
@@ -80,4 +83,8 @@ def __getattr__(name: str) -> object:
         from phalanx.resilience.idempotency.postgres import PostgresIdempotencyStore
 
         return PostgresIdempotencyStore
+    if name == "RedisIdempotencyStore":
+        from phalanx.resilience.idempotency.redis import RedisIdempotencyStore
+
+        return RedisIdempotencyStore
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
