@@ -108,9 +108,9 @@ class RedisServer:
             shutil.rmtree(self.base_dir, ignore_errors=True)
 
 
-def _start_once(binary: str) -> RedisServer:
+def _start_once(binary: str, port: int | None) -> RedisServer:
     base_dir = Path(tempfile.mkdtemp(prefix="phalanx-redis-"))
-    server = RedisServer(binary=binary, base_dir=base_dir, port=free_port())
+    server = RedisServer(binary=binary, base_dir=base_dir, port=port or free_port())
     try:
         with server.log_path.open("wb") as log:
             server.process = subprocess.Popen(
@@ -154,15 +154,19 @@ def _start_once(binary: str) -> RedisServer:
     return server
 
 
-def start_server() -> RedisServer:
-    """Start a server in a new temporary directory (see the module docstring)."""
+def start_server(port: int | None = None) -> RedisServer:
+    """Start a server in a new temporary directory (see the module docstring).
+
+    ``port`` picks the port, for a test that restarts a server where its clients expect it;
+    by default a free one is chosen.
+    """
     binary = find_binary()
     started = time.monotonic()
     for attempt in range(1, START_ATTEMPTS_MAX + 1):
         try:
-            server = _start_once(binary)
+            server = _start_once(binary, port)
         except RedisUnavailable:
-            if attempt == START_ATTEMPTS_MAX:
+            if attempt == START_ATTEMPTS_MAX or port is not None:
                 raise
             continue
         server.start_s = time.monotonic() - started
