@@ -43,8 +43,9 @@ def find_binary() -> str:
     override = os.environ.get("PHALANX_REDIS_SERVER")
     found = override if override else shutil.which("redis-server")
     if not found or not Path(found).is_file():
+        where = f"at PHALANX_REDIS_SERVER={override}" if override else "on PATH"
         raise RedisUnavailable(
-            "redis-server not found on PATH; install it with `apt-get install -y redis-server` "
+            f"redis-server not found {where}; install it with `apt-get install -y redis-server` "
             "(.ci/run does this), or point PHALANX_REDIS_SERVER at the binary"
         )
     return found
