@@ -12,11 +12,9 @@ the record every ``refresh_interval_s`` and adopt it when its version is newer t
 one they saw. A record holds wall-clock time (``open_until_wall_s``) because monotonic clocks
 of different processes do not share an origin.
 
-Putting this on Redis takes one hash per breaker (``phalanx:breaker:<name>`` with fields
-``state``, ``version``, ``open_until_wall_s``, ``updated_wall_s``): ``load`` is ``HGETALL``,
-and ``compare_and_set`` is a short Lua script (``EVAL``) that reads ``version``, writes the
-new fields only if it equals ``expected_version`` (or the key is absent and it is 0), and
-returns the hash either way, so the check and the write are one atomic step on the server.
+Stores: :class:`MemoryBreakerStore` (one process, tests), :class:`SQLiteBreakerStore` (the
+processes of one host), and :class:`~phalanx.resilience.breaker_redis.RedisBreakerStore`
+(a fleet), which keeps the same compare-and-set in a Lua script.
 """
 
 from __future__ import annotations

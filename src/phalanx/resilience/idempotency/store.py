@@ -86,16 +86,12 @@ class Claim:
 class IdempotencyStore(Protocol):
     """Durable (or not) memory of idempotency keys. Every method is atomic per key.
 
-    Porting notes for other engines:
-
-    * PostgreSQL: one table keyed by ``key``; ``claim`` is ``INSERT ... ON CONFLICT (key) DO
-      UPDATE SET ... WHERE <expired or lease expired with the same fingerprint> RETURNING
-      owner`` followed by a ``SELECT`` when nothing was returned; ``complete`` and ``release``
-      are ``UPDATE``/``DELETE ... WHERE key = $1 AND owner = $2 AND state = 'in_progress'``.
-    * Redis: the record is a hash or an encoded string under ``key`` with ``PX`` = the TTL;
-      ``claim`` is ``SET key <record> NX PX ttl_ms`` and, when that fails, a small Lua script
-      that takes over an expired lease; ``complete`` and ``release`` are Lua compare-and-set
-      scripts on ``owner``; ``purge`` is a no-op because Redis expires keys itself.
+    Implementations: :class:`~.memory.MemoryIdempotencyStore` (one process),
+    :class:`~.sqlite.SqliteIdempotencyStore` (one host),
+    :class:`~.postgres.PostgresIdempotencyStore` (a fleet, ``INSERT ... ON CONFLICT`` under a
+    row lock) and :class:`~.redis.RedisIdempotencyStore` (a fleet, one Lua script per
+    method). ``tests/resilience/test_idempotency_store.py`` runs the same contract against
+    all of them.
     """
 
     def claim(
