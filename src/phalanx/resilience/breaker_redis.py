@@ -28,17 +28,19 @@ from __future__ import annotations
 
 import dataclasses
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from phalanx.resilience.breaker_store import BreakerRecord, _check_name
 from phalanx.resilience.config import parse_duration_s
+from phalanx.resilience.redis_db import (
+    KEY_PREFIX_CHARS_MAX,
+    make_client,
+    parse_key_prefix,
+    text,
+)
 
-try:
+if TYPE_CHECKING:  # redis_db imports it at run time, with a hint when it is missing
     import redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-except ImportError as exc:  # pragma: no cover - only without the optional extra
-    raise ImportError("RedisBreakerStore needs redis-py: pip install 'phalanx[redis]'") from exc
 
 __all__ = [
     "KEY_PREFIX_CHARS_MAX",
@@ -46,8 +48,6 @@ __all__ = [
     "RedisBreakerStore",
 ]
 
-#: Longest ``key_prefix`` accepted.
-KEY_PREFIX_CHARS_MAX = 100
 #: Upper limit of ``connect_timeout_s`` and ``socket_timeout_s``: a breaker that waits longer
 #: on its shared store than on the dependency it protects defeats its purpose.
 TIMEOUT_S_MAX = 60.0
@@ -79,54 +79,10 @@ return {1, version}
 """
 
 
-def _parse_prefix(key_prefix: object) -> str:
-    if not isinstance(key_prefix, str) or not key_prefix:
-        raise ValueError(f"key_prefix: expected a non-empty string, got {key_prefix!r}")
-    if len(key_prefix) > KEY_PREFIX_CHARS_MAX:
-        raise ValueError(
-            f"key_prefix: at most {KEY_PREFIX_CHARS_MAX} characters (KEY_PREFIX_CHARS_MAX), "
-            f"got {len(key_prefix)}"
-        )
-    return key_prefix
-
-
-def _make_client(
-    client_or_url: object, *, connect_timeout_s: float, socket_timeout_s: float
-) -> tuple[redis.Redis, bool]:
-    """The client to use and whether this store owns (and so closes) it."""
-    field = "client_or_url"
-    if isinstance(client_or_url, str):
-        if not client_or_url.strip():
-            raise ValueError(f"{field}: empty URL; pass e.g. 'redis://cache.internal:6379/0'")
-        try:
-            client = redis.Redis.from_url(
-                client_or_url,
-                socket_connect_timeout=connect_timeout_s,
-                socket_timeout=socket_timeout_s,
-                retry=Retry(NoBackoff(), 0),
-            )
-        except ValueError:
-            # redis-py's message may quote the URL, which can hold a password.
-            raise ValueError(
-                f"{field}: malformed Redis URL; expected redis://, rediss:// or unix://"
-            ) from None
-        return client, True
-    if isinstance(client_or_url, redis.Redis):
-        return client_or_url, False
-    raise ValueError(
-        f"{field}: expected a redis:// URL or a redis.Redis client, "
-        f"got {type(client_or_url).__name__}"
-    )
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
 def _record(values: list[Any]) -> BreakerRecord:
     state, version, open_until, updated = values
     return BreakerRecord(
-        state=_text(state),
+        state=text(state),
         version=int(version),
         open_until_wall_s=None if open_until is None else float(open_until),
         updated_wall_s=float(updated),
@@ -152,17 +108,19 @@ class RedisBreakerStore:
         connect_timeout_s: float | str = 1.0,
         socket_timeout_s: float | str = 1.0,
     ) -> None:
-        self.key_prefix = _parse_prefix(key_prefix)
+        self.key_prefix = parse_key_prefix(key_prefix)
         self.connect_timeout_s = parse_duration_s(
             "connect_timeout_s", connect_timeout_s, maximum_s=TIMEOUT_S_MAX
         )
         self.socket_timeout_s = parse_duration_s(
             "socket_timeout_s", socket_timeout_s, maximum_s=TIMEOUT_S_MAX
         )
-        self._client, self._owns_client = _make_client(
+        # No reruns: the breaker's next refresh is the retry.
+        self._client, self._owns_client = make_client(
             client_or_url,
             connect_timeout_s=self.connect_timeout_s,
             socket_timeout_s=self.socket_timeout_s,
+            reruns=0,
         )
         self._compare_and_set = self._client.register_script(_COMPARE_AND_SET)
 

@@ -42,18 +42,20 @@ from __future__ import annotations
 
 import math
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from phalanx.errors import Unavailable, invariant
 from phalanx.resilience.config import parse_count, parse_duration_s
 from phalanx.resilience.idempotency.store import Claim, IdempotencyRecord, RecordState
+from phalanx.resilience.redis_db import (
+    KEY_PREFIX_CHARS_MAX,
+    make_client,
+    parse_key_prefix,
+    text,
+)
 
-try:
+if TYPE_CHECKING:  # redis_db imports it at run time, with a hint when it is missing
     import redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-except ImportError as exc:  # pragma: no cover - only without the optional extra
-    raise ImportError("RedisIdempotencyStore needs redis-py: pip install 'phalanx[redis]'") from exc
 
 __all__ = [
     "CONNECT_TIMEOUT_S_MAX",
@@ -65,8 +67,6 @@ __all__ = [
     "RedisIdempotencyStore",
 ]
 
-#: Longest ``key_prefix`` accepted.
-KEY_PREFIX_CHARS_MAX = 100
 CONNECT_TIMEOUT_S_MAX = 600.0
 SOCKET_TIMEOUT_S_MAX = 3600.0
 EXPIRY_MARGIN_S_MAX = 7 * 24 * 3600.0
@@ -214,57 +214,6 @@ def _num(value: float) -> str:
     return repr(float(value))
 
 
-def _parse_prefix(key_prefix: object) -> str:
-    if not isinstance(key_prefix, str) or not key_prefix:
-        raise ValueError(f"key_prefix: expected a non-empty string, got {key_prefix!r}")
-    if len(key_prefix) > KEY_PREFIX_CHARS_MAX:
-        raise ValueError(
-            f"key_prefix: at most {KEY_PREFIX_CHARS_MAX} characters (KEY_PREFIX_CHARS_MAX), "
-            f"got {len(key_prefix)}"
-        )
-    return key_prefix
-
-
-def _make_client(
-    client_or_url: object, *, connect_timeout_s: float, socket_timeout_s: float
-) -> tuple[redis.Redis, bool]:
-    """The client to use and whether this store owns (and so closes) it."""
-    field = "client_or_url"
-    if isinstance(client_or_url, str):
-        if not client_or_url.strip():
-            raise ValueError(f"{field}: empty URL; pass e.g. 'redis://cache.internal:6379/0'")
-        try:
-            client = redis.Redis.from_url(
-                client_or_url,
-                socket_connect_timeout=connect_timeout_s,
-                socket_timeout=socket_timeout_s,
-                # One rerun after a lost connection or a timeout: the scripts are rerun-safe.
-                retry=Retry(NoBackoff(), 1),
-                retry_on_timeout=True,
-            )
-        except ValueError:
-            # redis-py's message may quote the URL, which can hold a password.
-            raise ValueError(
-                f"{field}: malformed Redis URL; expected redis://, rediss:// or unix://"
-            ) from None
-        return client, True
-    if isinstance(client_or_url, redis.Redis):
-        if client_or_url.connection_pool.connection_kwargs.get("decode_responses"):
-            raise ValueError(
-                f"{field}: the client decodes responses (decode_responses=True); results are "
-                "bytes, so pass a client without it"
-            )
-        return client_or_url, False
-    raise ValueError(
-        f"{field}: expected a redis:// URL or a redis.Redis client, "
-        f"got {type(client_or_url).__name__}"
-    )
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
 class RedisIdempotencyStore:
     """An :class:`~.store.IdempotencyStore` on a Redis server (5.0 or newer).
 
@@ -290,7 +239,7 @@ class RedisIdempotencyStore:
         connect_timeout_s: float | str = 5.0,
         socket_timeout_s: float | str = 5.0,
     ) -> None:
-        self.key_prefix = _parse_prefix(key_prefix)
+        self.key_prefix = parse_key_prefix(key_prefix)
         self.entries_max = parse_count("entries_max", entries_max, minimum=1)
         self.expiry_margin_s = parse_duration_s(
             "expiry_margin_s", expiry_margin_s, allow_zero=True, maximum_s=EXPIRY_MARGIN_S_MAX
@@ -301,11 +250,18 @@ class RedisIdempotencyStore:
         self.socket_timeout_s = parse_duration_s(
             "socket_timeout_s", socket_timeout_s, maximum_s=SOCKET_TIMEOUT_S_MAX
         )
-        self._client, self._owns_client = _make_client(
+        # One rerun after a lost connection or a timeout: the scripts are safe to rerun.
+        self._client, self._owns_client = make_client(
             client_or_url,
             connect_timeout_s=self.connect_timeout_s,
             socket_timeout_s=self.socket_timeout_s,
+            reruns=1,
         )
+        if self._client.connection_pool.connection_kwargs.get("decode_responses"):
+            raise ValueError(
+                "client_or_url: the client decodes responses (decode_responses=True); results "
+                "are bytes, so pass a client without it"
+            )
         self.evictions = 0
         self._records_prefix = f"{self.key_prefix}k:"
         self._expiry_key = f"{self.key_prefix}expiry"
@@ -437,9 +393,9 @@ class RedisIdempotencyStore:
         fingerprint, state, owner, created, expires, lease, result = values
         return IdempotencyRecord(
             key=key,
-            fingerprint=_text(fingerprint),
-            state=RecordState(_text(state)),
-            owner=_text(owner),
+            fingerprint=text(fingerprint),
+            state=RecordState(text(state)),
+            owner=text(owner),
             created_at_s=float(created),
             expires_at_s=float(expires),
             lease_expires_at_s=float(lease),
