@@ -6,7 +6,13 @@ Each primitive works on ``def`` and ``async def`` alike, as a decorator, through
 sense; takes an injectable clock (and RNG where randomness is involved); reports
 ``statistics()``; and emits events that :mod:`phalanx.obs.metrics` turns into Prometheus
 series. Errors are those of :mod:`phalanx.errors`. See ``docs/resilience.md``.
+
+The stores for shared servers (:class:`PostgresIdempotencyStore`,
+:class:`RedisIdempotencyStore`, :class:`RedisBreakerStore`) load on first use, so their
+client libraries (the ``postgres`` and ``redis`` extras) are needed only by those who use them.
 """
+
+from typing import TYPE_CHECKING
 
 from phalanx.resilience.backoff import JITTER_MODES, Backoff
 from phalanx.resilience.breaker import (
@@ -52,6 +58,11 @@ from phalanx.resilience.retry import DEFAULT_RETRY_ON, Attempt, Retry, RetryStat
 from phalanx.resilience.threadpool import ThreadPoolBulkhead, ThreadPoolStatistics
 from phalanx.resilience.timeout import TimeLimiter, TimeLimiterStatistics
 
+if TYPE_CHECKING:  # loaded lazily by __getattr__ below
+    from phalanx.resilience.breaker_redis import RedisBreakerStore
+    from phalanx.resilience.idempotency.postgres import PostgresIdempotencyStore
+    from phalanx.resilience.idempotency.redis import RedisIdempotencyStore
+
 __all__ = [
     "DEFAULT_RETRY_ON",
     "JITTER_MODES",
@@ -84,8 +95,11 @@ __all__ = [
     "Pipeline",
     "Policy",
     "PoolStatistics",
+    "PostgresIdempotencyStore",
     "RateLimiter",
     "RateLimiterStatistics",
+    "RedisBreakerStore",
+    "RedisIdempotencyStore",
     "Retry",
     "RetryBudget",
     "RetryBudgetStatistics",
@@ -107,3 +121,19 @@ __all__ = [
     "remaining_s",
     "send_idempotency_key",
 ]
+
+
+_LAZY = {
+    "PostgresIdempotencyStore": "phalanx.resilience.idempotency.postgres",
+    "RedisIdempotencyStore": "phalanx.resilience.idempotency.redis",
+    "RedisBreakerStore": "phalanx.resilience.breaker_redis",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
