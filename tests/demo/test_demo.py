@@ -11,6 +11,10 @@ def test_demo_runs_end_to_end_and_summarises() -> None:
         assert phase in result.output
     assert "circuit breaker" in result.output
     assert "During the outage the dependency received" in result.output
+    words = " ".join(result.output.split())  # the console wraps long lines
+    assert "orders created: 1 (the retry got the stored reply)" in words
+    assert "14 admitted" in words
+    assert 'phalanx_idempotency_hits{name="orders"} 1.0' in result.output
 
 
 def test_demo_rejects_a_silly_duration() -> None:

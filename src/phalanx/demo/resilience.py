@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from phalanx.clock import SYSTEM_CLOCK
+from phalanx.demo.epilogue import run_epilogue
 from phalanx.demo.flaky import PHASES, FlakyDependency
 from phalanx.errors import BulkheadFull, CircuitOpen, Timeout
 from phalanx.health import HealthRegistry, breaker_check
@@ -221,3 +222,4 @@ def run(*, seed: int = 7, duration_s: float = 12.0, live: bool | None = None) ->
         "healthy: the open breaker failed callers fast instead of piling load on a service "
         "that was down, and the retry budget kept retries from multiplying it."
     )
+    run_epilogue(console, demo.breaker, demo.bulkhead, demo.budget, demo.retry)
