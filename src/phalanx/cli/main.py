@@ -15,9 +15,11 @@ def cli() -> None:
 
 def _register() -> None:
     # Subcommand modules are imported here so that ``phalanx --help`` lists them all.
+    from phalanx.cli.breaker import breaker
     from phalanx.cli.demo import demo
     from phalanx.cli.health import health
 
+    cli.add_command(breaker)
     cli.add_command(demo)
     cli.add_command(health)
 
