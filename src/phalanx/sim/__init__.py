@@ -1,0 +1,1 @@
+"""A deterministic simulator that runs Raft clusters through faults and checks safety."""
