@@ -1,7 +1,8 @@
 """Liveness, readiness and startup probes for Phalanx services.
 
-- :mod:`phalanx.health.checks`: the :class:`HealthRegistry` of named checks, results, caching,
+- :mod:`phalanx.health.checks`: the :class:`HealthRegistry` of named checks, caching,
   timeouts and startup gating: what each probe means.
+- :mod:`phalanx.health.results`: what checks and probes report (statuses, results, reports).
 - :mod:`phalanx.health.builtin`: ready-made checks (ping, SQLite, TCP, circuit breaker).
 - :mod:`phalanx.health.asgi`: :class:`HealthApp`, the probes as a pure ASGI app.
 - :mod:`phalanx.health.server`: :class:`HealthServer` and :func:`serve`, a standalone server.
