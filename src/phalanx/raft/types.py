@@ -27,6 +27,8 @@ __all__ = [
     "Snapshot",
     "SnapshotMeta",
     "SoftState",
+    "decode_conf_change",
+    "encode_conf_change",
 ]
 
 #: "No node", "no term", "no index".
@@ -198,3 +200,13 @@ class Ready(msgspec.Struct, frozen=True):
             and not self.messages
             and not self.read_states
         )
+
+
+def encode_conf_change(change: ConfChange) -> bytes:
+    """The ``data`` of a CONF_CHANGE entry (msgpack)."""
+    return msgspec.msgpack.encode(change)
+
+
+def decode_conf_change(data: bytes) -> ConfChange:
+    """The :class:`ConfChange` a CONF_CHANGE entry carries."""
+    return msgspec.msgpack.decode(data, type=ConfChange)
