@@ -18,10 +18,12 @@ def _register() -> None:
     from phalanx.cli.breaker import breaker
     from phalanx.cli.demo import demo
     from phalanx.cli.health import health
+    from phalanx.cli.sim import sim
 
     cli.add_command(breaker)
     cli.add_command(demo)
     cli.add_command(health)
+    cli.add_command(sim)
 
 
 def main() -> None:

@@ -474,8 +474,11 @@ class Cluster:
                 self.note(f"node {node.id} is {Role(soft.role).name} (leader {soft.leader})")
             node.role = soft.role
             node.leader = soft.leader
-            if soft.role == Role.LEADER:
-                term = node.core.status().term
+        # A leader is checked when it takes office and whenever its term changes while it
+        # leads (a core that forgets to step down on a higher term keeps the role).
+        if node.role == Role.LEADER and (soft is not None or hard_state is not None):
+            term = hard_state.term if hard_state is not None else storage.hard_state().term
+            if self.checker.leaders.get(term) != node.id:
                 checker.on_leader(node.id, term, storage.last_index(), node.term_at)
         return node.disk.write(hard_state, ready.entries, ready.snapshot)
 
