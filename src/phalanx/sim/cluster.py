@@ -68,6 +68,9 @@ _FNV_PRIME = 0x100000001B3
 _READY_LOOPS_MAX = 1_000  # Readys drained per node per event; more means a core livelock
 _CHECK_PERIOD_US = 100_000
 _NOTE = 0  # a trace line that is not an event
+# Crash points are likelier at the moments most bugs hide behind (FoundationDB's "buggify"):
+# a vote or a new term not yet on disk, a leader that just advanced its commit index.
+_HOT_CRASH_WEIGHT = 10.0
 _FAULT_CODES = {kind: code for code, kind in enumerate(FaultKind)}
 
 
@@ -85,6 +88,8 @@ class SimSettings(msgspec.Struct, frozen=True, kw_only=True):
     pre_vote: bool = True
     check_quorum: bool = True
     read_only: str = "safe"
+    max_size_per_msg_bytes: int = 1 << 20
+    max_inflight_msgs: int = 256
     link: LinkProfile = msgspec.field(default_factory=LinkProfile)
     lossy_duplicate_probability: float = 0.05
     sync_us_min: int = 50
@@ -100,9 +105,9 @@ class SimSettings(msgspec.Struct, frozen=True, kw_only=True):
     trace_events: int = 80
     events_max: int = 1_000_000
     history_ops_max: int = 200_000
-    #: A deliberately broken driver for the planted-bug tests: send a Ready's messages
-    #: before its writes are durable.
-    send_before_persist: bool = False
+    #: A deliberately broken driver, for the planted-bug tests: send a Ready's messages
+    #: before its writes are durable: ``"all"`` of them, or only the ``"votes"`` it grants.
+    early_send: str = ""
 
     def __post_init__(self) -> None:
         if not 1 <= self.nodes <= self.nodes_max:
@@ -114,6 +119,8 @@ class SimSettings(msgspec.Struct, frozen=True, kw_only=True):
         unknown = self.features - ALL_FEATURES
         if unknown:
             raise ValueError(f"unknown features {sorted(unknown)}")
+        if self.early_send not in ("", "all", "votes"):
+            raise ValueError("early_send must be '', 'all' or 'votes'")
 
 
 class SimulationFailed(InvariantViolation):
@@ -140,6 +147,8 @@ def default_core_factory(settings: SimSettings) -> CoreFactory:
             pre_vote=settings.pre_vote,
             check_quorum=settings.check_quorum,
             read_only=settings.read_only,
+            max_size_per_msg_bytes=settings.max_size_per_msg_bytes,
+            max_inflight_msgs=settings.max_inflight_msgs,
             applied=applied,
         )
         return RawNode(config, storage, rng)
@@ -222,6 +231,8 @@ class Cluster:
         self.liveness_met_us: int | None = None
         self._last_fault: str = ""
         self._fault_handlers = self._handlers()
+        #: Probability of a crash at each crash point (0: the crash-points fault is off).
+        self._crash_point_p = 0.0
 
     def _new_node(self, node_id: int, conf: ConfState) -> SimNode:
         skew = self.rng.uniform(-self.settings.tick_skew_max, self.settings.tick_skew_max)
@@ -399,6 +410,29 @@ class Cluster:
         self.queue.push(first, EventKind.TICK, node.id, node.life)
         self._drive(node)
 
+    def _crash_after(self, node: SimNode, ready: Ready) -> bool:
+        if not self._crash_point_p:
+            return False
+        if node.role == Role.LEADER and ready.hard_state is not None:
+            return self._crash_point(node, "right after committing as leader", _HOT_CRASH_WEIGHT)
+        return self._crash_point(node, "right after a Ready")
+
+    def _crash_point(self, node: SimNode, where: str, weight: float = 1.0) -> bool:
+        """While crash points are on, crash ``node`` here with their probability times weight."""
+        if not self._crash_point_p or node.state is not NodeState.UP:
+            return False
+        if self._fault_rng.random() >= self._crash_point_p * weight:
+            return False
+        self.note(f"crash point: node {node.id} {where}")
+        self._crash(node)
+        # A supervisor restarts the process soon, while the cluster may still be in the
+        # middle of whatever the crash interrupted (an election, a replication round).
+        restart_us = self.queue.now_us + self._fault_rng.randint(1_000, 300_000)
+        self.queue.push(
+            restart_us, EventKind.FAULT, 0, Fault(restart_us, FaultKind.RESTART, (node.id,))
+        )
+        return True
+
     def _crash(self, node: SimNode) -> None:
         if node.state is not NodeState.UP:
             return
@@ -423,8 +457,8 @@ class Cluster:
                 return
             ready: Ready = core.ready()
             wrote = self._persist(node, ready)
-            if self.settings.send_before_persist:
-                self._send(ready.messages)
+            if self.settings.early_send:
+                self._send(self._early(ready.messages))
             if wrote:
                 s = self.settings
                 if node.slow_disk:
@@ -436,10 +470,23 @@ class Cluster:
                     self.queue.push(
                         self.queue.now_us + latency, EventKind.DISK_SYNC, node.id, node.life
                     )
+                    hot = ready.hard_state is not None and (
+                        ready.hard_state.vote != node.disk.durable.hard_state.vote
+                        or ready.hard_state.term != node.disk.durable.hard_state.term
+                    )
+                    self._crash_point(
+                        node,
+                        "with a new term or vote not yet fsynced"
+                        if hot
+                        else "with an fsync pending",
+                        _HOT_CRASH_WEIGHT if hot else 1.0,
+                    )
                     return
                 node.disk.sync()
                 self.checker.on_durable_commit(node.id, node.disk.durable.hard_state.commit)
             self._complete(node, ready)
+            if self._crash_after(node, ready):
+                return
         raise InvariantViolation(f"node {node.id} produced {_READY_LOOPS_MAX} Readys in a row")
 
     def _synced(self, node: SimNode) -> None:
@@ -449,6 +496,8 @@ class Cluster:
         self.checker.on_durable_commit(node.id, node.disk.durable.hard_state.commit)
         if ready is not None:
             self._complete(node, ready)
+            if self._crash_after(node, ready):
+                return
         self._drive(node)
 
     def _persist(self, node: SimNode, ready: Ready) -> bool:
@@ -482,6 +531,12 @@ class Cluster:
                 checker.on_leader(node.id, term, storage.last_index(), node.term_at)
         return node.disk.write(hard_state, ready.entries, ready.snapshot)
 
+    def _early(self, messages: tuple[Message, ...]) -> tuple[Message, ...]:
+        """The messages the broken driver sends before persisting."""
+        if self.settings.early_send == "all":
+            return messages
+        return tuple(m for m in messages if m.type == MessageType.VOTE_RESP)
+
     def _send(self, messages: tuple[Message, ...]) -> None:
         """Step 2 (or, with the broken driver, step 1b): put messages on the network."""
         if not messages:
@@ -502,8 +557,11 @@ class Cluster:
 
     def _complete(self, node: SimNode, ready: Ready) -> None:
         """Steps 2-6 once the Ready's writes are durable."""
-        if not self.settings.send_before_persist:
+        if not self.settings.early_send:
             self._send(ready.messages)
+        elif self.settings.early_send == "votes":
+            early = self._early(ready.messages)
+            self._send(tuple(m for m in ready.messages if m not in early))
         core = node.core
         checker = self.checker
         if ready.snapshot is not None:
@@ -664,6 +722,7 @@ class Cluster:
             FaultKind.CRASH: self._crash_nodes,
             FaultKind.CRASH_LEADER: self._crash_leader,
             FaultKind.POWER_LOSS: self._power_loss,
+            FaultKind.CRASH_POINTS: self._crash_points,
             FaultKind.RESTART: self._restart,
             FaultKind.SLOW_DISK: self._slow_disk,
             FaultKind.FAST_DISK: self._fast_disk,
@@ -733,7 +792,18 @@ class Cluster:
             self._crash(node)
         return ""
 
-    def _restart(self, _fault: Fault) -> str:
+    def _crash_points(self, fault: Fault) -> str:
+        self._crash_point_p = fault.value
+        return ""
+
+    def _restart(self, fault: Fault) -> str:
+        """Restart ``fault.nodes`` if down (all down nodes if none named)."""
+        if fault.nodes:
+            for node_id in fault.nodes:
+                if self.nodes[node_id].state is NodeState.DOWN:
+                    self._start(self.nodes[node_id])
+            return ""
+        self._crash_point_p = 0.0
         for node in list(self.nodes.values()):
             if node.state is NodeState.DOWN:
                 self._start(node)
@@ -763,7 +833,7 @@ class Cluster:
         self._clean(fault)
         self._fast_disk(fault)
         self._unskew(fault)
-        self._restart(fault)
+        self._restart(Fault(fault.at_us, FaultKind.RESTART))
         return ""
 
     def _transfer(self, _fault: Fault) -> str:

@@ -15,8 +15,10 @@ category                kinds
                         ended by ``heal``
 ``network``             ``lossy`` (loss, duplication and long delays on every link);
                         ended by ``clean``
-``crash``               ``crash``, ``crash-leader``, ``power-loss`` (every node at once);
-                        ended by ``restart``
+``crash``               ``crash``, ``crash-leader``, ``power-loss`` (every node at once),
+                        ``crash-points`` (until it ends, a node crashes with probability
+                        ``value`` at each interesting moment: while an fsync is pending,
+                        right after a Ready is handled); ended by ``restart``
 ``disk``                ``slow-disk`` (fsync takes tens to hundreds of ms); ended by
                         ``fast-disk``
 ``clock``               ``skew`` (one node ticks faster or slower); ended by ``unskew``
@@ -60,6 +62,7 @@ class FaultKind(enum.StrEnum):
     CRASH = "crash"
     CRASH_LEADER = "crash-leader"
     POWER_LOSS = "power-loss"
+    CRASH_POINTS = "crash-points"
     RESTART = "restart"
     SLOW_DISK = "slow-disk"
     FAST_DISK = "fast-disk"
@@ -80,7 +83,12 @@ CATEGORIES: dict[str, tuple[FaultKind, ...]] = {
         FaultKind.BRIDGE,
     ),
     "network": (FaultKind.LOSSY,),
-    "crash": (FaultKind.CRASH, FaultKind.CRASH_LEADER, FaultKind.POWER_LOSS),
+    "crash": (
+        FaultKind.CRASH,
+        FaultKind.CRASH_LEADER,
+        FaultKind.POWER_LOSS,
+        FaultKind.CRASH_POINTS,
+    ),
     "disk": (FaultKind.SLOW_DISK,),
     "clock": (FaultKind.SKEW,),
     "transfer": (FaultKind.TRANSFER,),
@@ -173,6 +181,8 @@ def _start_fault(  # noqa: PLR0911 - one return per fault shape reads best
         minority = max(1, (n - 1) // 2)
         count = rng.randint(1, minority)
         return Fault(at_us, kind, nodes=tuple(sorted(shuffled[:count])))
+    if kind is FaultKind.CRASH_POINTS:
+        return Fault(at_us, kind, value=rng.choice((0.01, 0.03, 0.1)))
     if kind is FaultKind.SLOW_DISK:
         count = rng.randint(1, n)
         return Fault(at_us, kind, nodes=tuple(sorted(shuffled[:count])))
@@ -192,6 +202,7 @@ _ENDS: dict[FaultKind, FaultKind] = {
     FaultKind.CRASH: FaultKind.RESTART,
     FaultKind.CRASH_LEADER: FaultKind.RESTART,
     FaultKind.POWER_LOSS: FaultKind.RESTART,
+    FaultKind.CRASH_POINTS: FaultKind.RESTART,
     FaultKind.SLOW_DISK: FaultKind.FAST_DISK,
     FaultKind.SKEW: FaultKind.UNSKEW,
 }
