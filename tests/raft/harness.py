@@ -19,6 +19,7 @@ from phalanx.raft.types import (
     ConfState,
     Entry,
     EntryType,
+    HardState,
     Message,
     MessageType,
     ReadState,
@@ -88,6 +89,13 @@ class Network:
         """Crash ``node`` (losing only what was not persisted) and start it again."""
         self.queue = [m for m in self.queue if m.dst != node]
         return self.add_node(node, self.storages[node], **overrides)
+
+    def load(self, node: int, terms: list[int], term: int, **overrides: object) -> RawNode:
+        """Give ``node`` a log with entries of ``terms`` (from index 1) and restart it."""
+        storage = self.storages[node]
+        storage.append([Entry(term=t, index=i + 1) for i, t in enumerate(terms)])
+        storage.set_hard_state(HardState(term=term, vote=0, commit=0))
+        return self.restart(node, **overrides)
 
     def __getitem__(self, node: int) -> RawNode:
         return self.nodes[node]
@@ -199,7 +207,9 @@ class Network:
                 self.cut |= {(node, other), (other, node)}
 
     def partition(self, *groups: Iterable[int]) -> None:
+        """Replace any cut with these groups (nodes not named are alone)."""
         sets = [set(g) for g in groups]
+        self.cut = set()
         for a in self.nodes:
             for b in self.nodes:
                 if a != b and not any(a in s and b in s for s in sets):
