@@ -56,7 +56,9 @@ class Network:
     learners: tuple[int, ...] = ()
     seed: int = 0
     config: dict[str, object] = field(default_factory=dict)
-    extra: tuple[int, ...] = ()  # nodes that start outside the configuration (empty storage)
+    # Nodes that start outside the configuration: like every node, they boot from the
+    # cluster's initial membership and learn later changes from the log.
+    extra: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         self.storages: dict[int, MemoryStorage] = {}
@@ -68,10 +70,8 @@ class Network:
         self.reads: dict[int, list[ReadState]] = {}
         self.conf: dict[int, ConfState] = {}
         cs = ConfState(voters=self.voters, learners=self.learners)
-        for node in (*self.voters, *self.learners):
+        for node in (*self.voters, *self.learners, *self.extra):
             self.add_node(node, MemoryStorage(conf_state=cs))
-        for node in self.extra:
-            self.add_node(node, MemoryStorage())
 
     # -- nodes ------------------------------------------------------------------------------
 
