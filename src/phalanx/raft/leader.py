@@ -7,7 +7,7 @@ is paper 5.4.2 (only entries of the current term are committed by counting: Figu
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from phalanx.errors import invariant
 from phalanx.raft.confchange import validate
@@ -31,6 +31,9 @@ from phalanx.raft.types import (
 
 if TYPE_CHECKING:
     from phalanx.raft.raft import Raft
+
+#: Election timeouts a leader waits for a snapshot's answer before presuming it lost.
+SNAPSHOT_TIMEOUT_ELECTIONS: Final = 2
 
 __all__ = [
     "after_conf_change",
@@ -189,9 +192,17 @@ def _send_snapshot(r: Raft, to: int, pr: Progress) -> bool:
         return False  # not heard from lately: a snapshot would likely be wasted
     snapshot = r.log.snapshot()
     invariant(snapshot.meta.index > 0, "entries are compacted but there is no snapshot")
-    pr.become_snapshot(snapshot.meta.index)
+    pr.become_snapshot(snapshot.meta.index, r.leader_ticks)
     r.send(r.message(MessageType.SNAPSHOT, to, snapshot=snapshot))
     return True
+
+
+def snapshot_presumed_lost(r: Raft, pr: Progress) -> bool:
+    """The follower answers heartbeats but not the snapshot, for SNAPSHOT_TIMEOUT_ELECTIONS
+    election timeouts: the snapshot (or its answer) was lost, and the driver did not say so
+    with ``report_snapshot``. Probing again re-sends it if it is still needed."""
+    waited = r.leader_ticks - pr.snapshot_sent_tick
+    return waited >= SNAPSHOT_TIMEOUT_ELECTIONS * r.config.election_ticks
 
 
 def _append_rejected(r: Raft, m: Message, pr: Progress) -> None:
@@ -259,6 +270,8 @@ def _heartbeat_answered(r: Raft, m: Message, pr: Progress) -> None:
     if pr.state == ProgressState.REPLICATE and pr.inflights.full():
         # An append may have been lost: let one more through so the gap shows up.
         pr.inflights.free_first_one()
+    elif pr.state == ProgressState.SNAPSHOT and snapshot_presumed_lost(r, pr):
+        pr.become_probe()
     if pr.match < r.log.last_index():
         send_append(r, m.src)
     round_number = decode_round(m.context)

@@ -67,8 +67,9 @@ class Progress:
         self.state = ProgressState.PROBE
         #: In PROBE: an append was sent and its answer has not come yet.
         self.probe_sent = False
-        #: In SNAPSHOT: the index of the snapshot sent.
+        #: In SNAPSHOT: the index of the snapshot sent, and the leader tick it was sent at.
         self.pending_snapshot = 0
+        self.snapshot_sent_tick = 0
         #: Heard from since the last check-quorum (a new peer counts as active).
         self.recent_active = True
         self.is_learner = is_learner
@@ -99,9 +100,10 @@ class Progress:
         self._reset_state(ProgressState.REPLICATE)
         self.next = self.match + 1
 
-    def become_snapshot(self, index: int) -> None:
+    def become_snapshot(self, index: int, tick: int) -> None:
         self._reset_state(ProgressState.SNAPSHOT)
         self.pending_snapshot = index
+        self.snapshot_sent_tick = tick
 
     def maybe_update(self, index: int) -> bool:
         """An append up to ``index`` was acknowledged; False if that is old news."""

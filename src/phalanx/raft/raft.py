@@ -263,7 +263,12 @@ class Raft:
                 self.election_elapsed = 0
                 self._set_vote(m.src)
         else:
-            self.send(self.message(response, m.src, reject=True))
+            # The refusal carries our commit index and its term: see _learn_commit.
+            committed = self.log.committed
+            commit_term = self.log.term_or_zero(committed)
+            self.send(
+                self.message(response, m.src, reject=True, commit=committed, hint_term=commit_term)
+            )
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -277,6 +282,8 @@ class Raft:
             self.hup(transfer=False)
 
     def step(self, m: Message) -> None:
+        if m.type in (MessageType.VOTE_RESP, MessageType.PRE_VOTE_RESP) and m.reject:
+            self._learn_commit(m)
         if m.term > self.term:
             if not self._accept_higher_term(m):
                 return
@@ -291,6 +298,18 @@ class Raft:
             self._step_candidate(m)
         else:
             self._step_follower(m)
+
+    def _learn_commit(self, m: Message) -> None:
+        """Commit up to a voter's commit index when our log holds that very entry.
+
+        Committed is a fact about the cluster, and equal (index, term) means equal prefixes
+        (Log Matching), so this is safe from any node. It matters after a membership change:
+        a candidate still applying an older configuration may need the vote of a node that
+        already left (and so never campaigns) while that node refuses because its log is
+        longer; learning that the change committed lets the candidate apply it and move on.
+        """
+        if m.commit > self.log.committed and self.log.match_term(m.commit, m.hint_term):
+            self.log.commit_to(m.commit)
 
     def _accept_higher_term(self, m: Message) -> bool:
         """Handle a message from a later term; False if it must be ignored."""
@@ -415,9 +434,8 @@ class Raft:
         meta = snapshot.meta
         if meta.index <= self.log.committed:
             return False
+        # The snapshot may predate this node's joining: the entries after it add the node.
         membership = membership_of(meta.conf_state)
-        if self.id not in membership.members():
-            return False
         if self.log.match_term(meta.index, meta.term):
             # We hold the snapshot's last entry already: just commit up to it.
             self.log.commit_to(meta.index)
