@@ -8,6 +8,7 @@ At the end, with the network healed, the cluster agrees and makes progress.
 
 from __future__ import annotations
 
+import contextlib
 import random
 
 import pytest
@@ -39,103 +40,135 @@ class Checker:
                 assert seen == (entry.term, entry.data), f"index {entry.index} differs on {node}"
 
 
-def run(seed: int, steps: int, voters: tuple[int, ...], **config: object) -> Network:
-    rng = random.Random(seed)
-    net = Network(voters=voters, seed=seed, config=dict(config), extra=(9,))
-    checker = Checker(net)
-    nodes = sorted(net.nodes)
-    proposed = 0
-    for _ in range(steps):
-        action = rng.random()
+class Run:
+    """One seeded run: random faults and inputs, then healing."""
+
+    def __init__(self, seed: int, voters: tuple[int, ...], config: dict[str, object]) -> None:
+        self.rng = random.Random(seed)
+        self.voters = voters
+        self.net = Network(voters=voters, seed=seed, config=config, extra=(9,))
+        self.checker = Checker(self.net)
+        self.nodes = sorted(self.net.nodes)
+        self.proposed = 0
+
+    def leader(self) -> int | None:
+        leaders = [n for n in self.nodes if self.net.role(n) == Role.LEADER]
+        return leaders[0] if leaders else None
+
+    def deliver(self) -> None:
+        net = self.net
+        message = net.queue.pop(self.rng.randrange(len(net.queue)))
+        roll = self.rng.random()
+        if roll < 0.05:
+            return  # lost
+        if roll < 0.10:
+            net.queue.append(message)  # duplicated
+        if (message.src, message.dst) not in net.cut:
+            net.nodes[message.dst].step(message)
+            net.process(message.dst)
+
+    def propose(self) -> None:
+        self.proposed += 1
+        with contextlib.suppress(ProposalDropped):
+            self.net[self.rng.choice(self.nodes)].propose(b"v%d" % self.proposed)
+
+    def restart(self) -> None:
+        node = self.rng.choice(self.nodes)
+        self.net.restart(node)
+        self.net.applied[node] = []
+
+    def compact(self) -> None:
+        node = self.rng.choice(self.nodes)
+        storage = self.net.storages[node]
+        status = self.net[node].status()
+        if status.applied > storage.snapshot().meta.index:
+            conf = self.net.conf.get(node, status.conf_state)
+            storage.create_snapshot(status.applied, conf, b"")
+            storage.compact(status.applied)
+
+    def change(self) -> None:
+        leader = self.leader()
+        if leader is None:
+            return
+        kind = self.rng.choice([ConfChangeType.ADD_LEARNER, ConfChangeType.ADD_VOTER])
+        target = self.rng.choice([9, *self.voters])
+        change = ConfChange(changes=((kind, target),), joint=self.rng.random() < 0.5)
+        with contextlib.suppress(ProposalDropped):
+            self.net[leader].propose_conf_change(change)
+
+    def read(self) -> None:
+        with contextlib.suppress(ProposalDropped):
+            self.net[self.rng.choice(self.nodes)].read_index(b"r")
+
+    def transfer(self) -> None:
+        leader = self.leader()
+        if leader is not None:
+            self.net[leader].transfer_leader(self.rng.choice(self.nodes))
+
+    def isolate(self) -> None:
+        self.net.heal()
+        self.net.isolate(self.rng.choice(self.nodes))
+
+    def step(self) -> None:
+        action = self.rng.random()
         if action < 0.30:
-            net.tick(rng.choice(nodes))
-        elif action < 0.75 and net.queue:
-            message = net.queue.pop(rng.randrange(len(net.queue)))
-            roll = rng.random()
-            if roll < 0.05:
-                pass  # lost
-            else:
-                if roll < 0.10:
-                    net.queue.append(message)  # duplicated
-                if (message.src, message.dst) not in net.cut:
-                    net.nodes[message.dst].step(message)
-                    net.process(message.dst)
-        elif action < 0.85:
-            node = rng.choice(nodes)
-            proposed += 1
-            try:
-                net[node].propose(b"v%d" % proposed)
-            except ProposalDropped:
-                pass
-            net.process(node)
-        elif action < 0.87:
-            node = rng.choice(nodes)
-            net.restart(node)
-            net.applied[node] = []
-        elif action < 0.89:
-            net.heal()
-            net.isolate(rng.choice(nodes))
-        elif action < 0.91:
-            net.heal()
-        elif action < 0.93:
-            node = rng.choice(nodes)
-            storage = net.storages[node]
-            applied = net[node].status().applied
-            if applied > storage.snapshot().meta.index:
-                storage.create_snapshot(applied, net.conf.get(node, net[node].status().conf_state), b"")
-                storage.compact(applied)
-        elif action < 0.95:
-            leader = [n for n in nodes if net.role(n) == Role.LEADER]
-            if leader:
-                kind = rng.choice([ConfChangeType.ADD_LEARNER, ConfChangeType.ADD_VOTER])
-                target = rng.choice([9, *voters])
-                change = ConfChange(changes=((kind, target),), joint=rng.random() < 0.5)
-                try:
-                    net[leader[0]].propose_conf_change(change)
-                except ProposalDropped:
-                    pass
-        elif action < 0.97:
-            node = rng.choice(nodes)
-            try:
-                net[node].read_index(b"r")
-            except ProposalDropped:
-                pass
+            self.net.tick(self.rng.choice(self.nodes))
+        elif action < 0.75:
+            if self.net.queue:
+                self.deliver()
         else:
-            leader = [n for n in nodes if net.role(n) == Role.LEADER]
-            if leader:
-                net[leader[0]].transfer_leader(rng.choice(nodes))
-        net.process_all()
-        checker.check()
-    # Heal and let it settle: one leader, everyone converges, a new proposal commits.
-    net.heal()
-    for _ in range(200):
-        net.tick_all(1)
-        checker.check()
-        leaders = [n for n in nodes if net.role(n) == Role.LEADER]
-        if leaders:
+            actions = [
+                (0.85, self.propose),
+                (0.87, self.restart),
+                (0.89, self.isolate),
+                (0.91, self.net.heal),
+                (0.93, self.compact),
+                (0.95, self.change),
+                (0.97, self.read),
+                (1.00, self.transfer),
+            ]
+            next(act for bound, act in actions if action < bound)()
+        self.net.process_all()
+        self.checker.check()
+
+    def heal_and_settle(self) -> None:
+        """One leader, everyone in the configuration catches up, a new proposal commits."""
+        net = self.net
+        net.heal()
+        for _ in range(200):
+            net.tick_all(1)
+            self.checker.check()
+            leader = self.leader()
+            if leader is None:
+                continue
             try:
-                net[leaders[0]].propose(b"final")
+                net[leader].propose(b"final")
             except ProposalDropped:
                 continue
             net.settle()
-            net.tick_all(2)
-            checker.check()
             break
-    leaders = [n for n in nodes if net.role(n) == Role.LEADER]
-    assert len(leaders) == 1, f"no single leader after healing: {leaders}"
-    leader = leaders[0]
-    conf = net[leader].status().conf_state
-    members = [n for n in nodes if n in conf.voters or n in conf.learners]
-    for _ in range(100):  # laggards may need a snapshot, or a presumed-lost one again
+        leader = self.leader()
+        assert leader is not None, "no leader after healing"
+        conf = net[leader].status().conf_state
+        members = [n for n in self.nodes if n in conf.voters or n in conf.learners]
+        for _ in range(100):  # laggards may need a snapshot, or a presumed-lost one again
+            last = net[leader].status().commit
+            if all(net[n].status().commit == last for n in members):
+                break
+            net.tick_all(1)
+            self.checker.check()
         last = net[leader].status().commit
-        if all(net[n].status().commit == last for n in members):
-            break
-        net.tick_all(1)
-        checker.check()
-    last = net[leader].status().commit
-    for node in members:
-        assert net[node].status().commit == last, f"{node} did not catch up"
-    return net
+        for node in members:
+            assert net[node].status().commit == last, f"{node} did not catch up"
+        assert b"final" in net.data(leader)
+
+
+def run(seed: int, steps: int, voters: tuple[int, ...], **config: object) -> Network:
+    state = Run(seed, voters, dict(config))
+    for _ in range(steps):
+        state.step()
+    state.heal_and_settle()
+    return state.net
 
 
 @pytest.mark.parametrize("seed", range(40))
