@@ -146,7 +146,10 @@ class Run:
             except ProposalDropped:
                 continue
             net.settle()
-            break
+            # A leader that just lost its term may accept the entry and lose it: try again.
+            leader = self.leader()
+            if leader is not None and b"final" in net.data(leader):
+                break
         leader = self.leader()
         assert leader is not None, "no leader after healing"
         conf = net[leader].status().conf_state
