@@ -15,6 +15,8 @@ def test_demo_runs_end_to_end_and_summarises() -> None:
     assert "orders created: 1 (the retry got the stored reply)" in words
     assert "14 admitted" in words
     assert 'phalanx_idempotency_hits{name="orders"} 1.0' in result.output
+    assert "safety violations" in words
+    assert "seed 0 twice: same trace" in words
 
 
 def test_demo_rejects_a_silly_duration() -> None:

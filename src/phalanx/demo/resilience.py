@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from phalanx.clock import SYSTEM_CLOCK
+from phalanx.demo.consensus import run_consensus
 from phalanx.demo.epilogue import run_epilogue
 from phalanx.demo.flaky import PHASES, FlakyDependency
 from phalanx.errors import BulkheadFull, CircuitOpen, Timeout
@@ -223,3 +224,4 @@ def run(*, seed: int = 7, duration_s: float = 12.0, live: bool | None = None) ->
         "that was down, and the retry budget kept retries from multiplying it."
     )
     run_epilogue(console, demo.breaker, demo.bulkhead, demo.budget, demo.retry)
+    run_consensus(console)
