@@ -4,13 +4,19 @@ import random
 
 import pytest
 
-from phalanx.sim.faults import CATEGORIES, FaultKind, generate_schedule, parse_categories
+from phalanx.sim.faults import (
+    CATEGORIES,
+    NEMESES,
+    FaultKind,
+    generate_schedule,
+    parse_categories,
+)
 
 NODES = (1, 2, 3, 4, 5)
 STARTS = {
     FaultKind.HEAL: set(CATEGORIES["partition"]),
     FaultKind.CLEAN: {FaultKind.LOSSY},
-    FaultKind.RESTART: set(CATEGORIES["crash"]),
+    FaultKind.RESTART: {*CATEGORIES["crash"], FaultKind.FIGURE8, FaultKind.UNSYNCED_VOTE},
     FaultKind.FAST_DISK: {FaultKind.SLOW_DISK},
     FaultKind.UNSKEW: {FaultKind.SKEW},
 }
@@ -76,3 +82,14 @@ def test_fault_shapes() -> None:
         elif fault.kind is FaultKind.CRASH:
             assert 1 <= len(fault.nodes) <= 2  # a minority
     assert "isolate" in faults[0].describe() or faults[0].describe()
+
+
+def test_targeted_faults_are_drawn_with_longer_windows() -> None:
+    faults = generate_schedule(random.Random(2), NODES, {"figure8", "unsynced-vote"}, 60_000_000)
+    starts = [f for f in faults if f.kind in NEMESES]
+    assert {f.kind for f in starts} == NEMESES
+    for start in starts:
+        end = next(f for f in faults if f.at_us > start.at_us and f.kind is FaultKind.RESTART)
+        assert end.at_us - start.at_us >= 4_000_000 or end.at_us == 60_000_000
+    everything = generate_schedule(random.Random(2), NODES, parse_categories("all"), 200_000_000)
+    assert {f.kind for f in everything} >= NEMESES

@@ -49,6 +49,8 @@ from phalanx.sim.checks import Checker, Violation
 from phalanx.sim.events import EventKind, EventQueue
 from phalanx.sim.faults import Fault, FaultKind, ScheduleSettings, generate_schedule
 from phalanx.sim.history import History
+from phalanx.sim.nemesis import Nemesis
+from phalanx.sim.nemesis import build as build_nemesis
 from phalanx.sim.network import LinkProfile, Network
 from phalanx.sim.node import CoreFactory, NodeState, SimNode
 from phalanx.sim.workload import Workload, WorkloadSettings
@@ -233,6 +235,10 @@ class Cluster:
         self._fault_handlers = self._handlers()
         #: Probability of a crash at each crash point (0: the crash-points fault is off).
         self._crash_point_p = 0.0
+        #: The targeted fault running now, if any (see :mod:`phalanx.sim.nemesis`).
+        self.nemesis: Nemesis | None = None
+        #: Every targeted fault that ran: (name, the last step it reached).
+        self.nemesis_log: list[tuple[str, str]] = []
 
     def _new_node(self, node_id: int, conf: ConfState) -> SimNode:
         skew = self.rng.uniform(-self.settings.tick_skew_max, self.settings.tick_skew_max)
@@ -433,6 +439,19 @@ class Cluster:
         )
         return True
 
+    def crash_node(self, node: SimNode, *, torn: bool = True) -> None:
+        """Crash ``node`` now (torn writes only if the settings allow them)."""
+        if node.state is not NodeState.UP:
+            return
+        lost = node.crash(torn and self.settings.torn_writes)
+        self.checker.on_durable_commit(node.id, node.disk.durable.hard_state.commit)
+        self.note(f"node {node.id} CRASHES, {lost} unsynced writes lost")
+        self.workload.on_node_down(node.id)
+
+    def schedule_fault(self, fault: Fault) -> None:
+        """Run ``fault`` at its time (not part of the schedule printed in reports)."""
+        self.queue.push(fault.at_us, EventKind.FAULT, 0, fault)
+
     def _crash(self, node: SimNode) -> None:
         if node.state is not NodeState.UP:
             return
@@ -458,7 +477,10 @@ class Cluster:
             ready: Ready = core.ready()
             wrote = self._persist(node, ready)
             if self.settings.early_send:
-                self._send(self._early(ready.messages))
+                self._send(self._early(node, ready.messages))
+            nemesis = self.nemesis
+            if nemesis is not None and nemesis.after_write(node, ready):
+                return
             if wrote:
                 s = self.settings
                 if node.slow_disk:
@@ -531,8 +553,10 @@ class Cluster:
                 checker.on_leader(node.id, term, storage.last_index(), node.term_at)
         return node.disk.write(hard_state, ready.entries, ready.snapshot)
 
-    def _early(self, messages: tuple[Message, ...]) -> tuple[Message, ...]:
+    def _early(self, node: SimNode, messages: tuple[Message, ...]) -> tuple[Message, ...]:
         """The messages the broken driver sends before persisting."""
+        if self.nemesis is not None:
+            messages = self.nemesis.filter(node, messages)
         if self.settings.early_send == "all":
             return messages
         return tuple(m for m in messages if m.type == MessageType.VOTE_RESP)
@@ -557,11 +581,17 @@ class Cluster:
 
     def _complete(self, node: SimNode, ready: Ready) -> None:
         """Steps 2-6 once the Ready's writes are durable."""
+        nemesis = self.nemesis
+        messages = ready.messages
+        if nemesis is not None:
+            if nemesis.before_send(node, ready):
+                return  # crashed before sending
+            if messages:
+                messages = nemesis.filter(node, messages)
         if not self.settings.early_send:
-            self._send(ready.messages)
+            self._send(messages)
         elif self.settings.early_send == "votes":
-            early = self._early(ready.messages)
-            self._send(tuple(m for m in ready.messages if m not in early))
+            self._send(tuple(m for m in messages if m.type != MessageType.VOTE_RESP))
         core = node.core
         checker = self.checker
         if ready.snapshot is not None:
@@ -649,9 +679,13 @@ class Cluster:
         change = msgspec.msgpack.decode(entry.data, type=ConfChange) if entry.data else None
         if change is None:
             return
+        old = node.conf_state
+        was_member = node.id in old.voters + old.learners + old.voters_outgoing
         node.conf_state = node.core.apply_conf_change(change)
         cs = node.conf_state
-        if node.id not in cs.voters + cs.learners + cs.voters_outgoing:
+        # A node that catches up from a snapshot taken before it was added applies conf
+        # changes that do not name it yet: only a member that is removed retires.
+        if was_member and node.id not in cs.voters + cs.learners + cs.voters_outgoing:
             self.note(f"node {node.id} applies its own removal and retires")
             node.retire()
             self.workload.on_node_down(node.id)
@@ -730,6 +764,8 @@ class Cluster:
             FaultKind.UNSKEW: self._unskew,
             FaultKind.TRANSFER: self._transfer,
             FaultKind.MEMBERSHIP: self._membership,
+            FaultKind.FIGURE8: self._start_nemesis,
+            FaultKind.UNSYNCED_VOTE: self._start_nemesis,
             FaultKind.HEAL_ALL: self._heal_all,
         }
 
@@ -804,9 +840,23 @@ class Cluster:
                     self._start(self.nodes[node_id])
             return ""
         self._crash_point_p = 0.0
+        self._stop_nemesis()
         for node in list(self.nodes.values()):
             if node.state is NodeState.DOWN:
                 self._start(node)
+        return ""
+
+    def _stop_nemesis(self) -> None:
+        nemesis = self.nemesis
+        if nemesis is not None:
+            self.nemesis_log.append((nemesis.name, nemesis.step))
+            nemesis.stop()
+            self.nemesis = None
+
+    def _start_nemesis(self, fault: Fault) -> str:
+        self._stop_nemesis()
+        rng = random.Random(self._fault_rng.getrandbits(64))
+        self.nemesis = build_nemesis(fault.kind, self, rng)
         return ""
 
     def _slow_disk(self, fault: Fault) -> str:

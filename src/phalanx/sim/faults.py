@@ -25,6 +25,12 @@ category                kinds
 ``transfer``            ``transfer`` (ask the leader to hand over to another voter)
 ``membership``          ``membership`` (remove a voter, or add a fresh node as a learner
                         and promote it)
+``figure8``             ``figure8``: a targeted script of crashes and partitions that leads
+                        a new leader to hold old-term entries it could commit by counting
+                        replicas (the paper's Figure 8); ended by ``restart``
+``unsynced-vote``       ``unsynced-vote``: a voter crashes right after granting a vote,
+                        before the vote is on disk, and restarts while another node of the
+                        same term can still ask it; ended by ``restart``
 ======================  =================================================================
 
 Every schedule ends with ``heal-all`` at the end of the fault phase: partitions healed,
@@ -42,6 +48,7 @@ import msgspec
 
 __all__ = [
     "CATEGORIES",
+    "NEMESES",
     "Fault",
     "FaultKind",
     "ScheduleSettings",
@@ -70,6 +77,8 @@ class FaultKind(enum.StrEnum):
     UNSKEW = "unskew"
     TRANSFER = "transfer"
     MEMBERSHIP = "membership"
+    FIGURE8 = "figure8"
+    UNSYNCED_VOTE = "unsynced-vote"
     HEAL_ALL = "heal-all"
 
 
@@ -93,10 +102,15 @@ CATEGORIES: dict[str, tuple[FaultKind, ...]] = {
     "clock": (FaultKind.SKEW,),
     "transfer": (FaultKind.TRANSFER,),
     "membership": (FaultKind.MEMBERSHIP,),
+    "figure8": (FaultKind.FIGURE8,),
+    "unsynced-vote": (FaultKind.UNSYNCED_VOTE,),
 }
 
+#: Targeted faults (:mod:`phalanx.sim.nemesis`): scripts that react to the cluster's state.
+NEMESES = frozenset({FaultKind.FIGURE8, FaultKind.UNSYNCED_VOTE})
+
 _NETWORK_TRACK = ("partition", "network")
-_NODE_TRACK = ("crash", "disk", "clock")
+_NODE_TRACK = ("crash", "disk", "clock", "figure8", "unsynced-vote")
 _OPS_TRACK = ("transfer", "membership")
 
 
@@ -151,6 +165,9 @@ class ScheduleSettings(msgspec.Struct, frozen=True):
     fault_us_max: int = 4_000_000
     ops_gap_us_min: int = 500_000
     ops_gap_us_max: int = 3_000_000
+    #: Targeted faults run a script of several elections: they get longer windows.
+    nemesis_us_min: int = 4_000_000
+    nemesis_us_max: int = 8_000_000
 
 
 def _pick_kind(rng: random.Random, categories: Sequence[str]) -> FaultKind:
@@ -205,6 +222,8 @@ _ENDS: dict[FaultKind, FaultKind] = {
     FaultKind.CRASH_POINTS: FaultKind.RESTART,
     FaultKind.SLOW_DISK: FaultKind.FAST_DISK,
     FaultKind.SKEW: FaultKind.UNSKEW,
+    FaultKind.FIGURE8: FaultKind.RESTART,
+    FaultKind.UNSYNCED_VOTE: FaultKind.RESTART,
 }
 
 
@@ -226,7 +245,11 @@ def _track(
         faults.append(start)
         end_kind = _ENDS.get(kind)
         if end_kind is not None:
-            stop = min(end_us, now + rng.randint(settings.fault_us_min, settings.fault_us_max))
+            if kind in NEMESES:
+                lasts = rng.randint(settings.nemesis_us_min, settings.nemesis_us_max)
+            else:
+                lasts = rng.randint(settings.fault_us_min, settings.fault_us_max)
+            stop = min(end_us, now + lasts)
             faults.append(Fault(stop, end_kind, nodes=start.nodes))
             now = stop
         now += rng.randint(settings.gap_us_min, settings.gap_us_max)

@@ -122,6 +122,9 @@ class Network:
     def block(self, src: int, dst: int) -> None:
         self._blocked.add((src, dst))
 
+    def unblock(self, src: int, dst: int) -> None:
+        self._blocked.discard((src, dst))
+
     def split(self, groups: Sequence[Iterable[int]]) -> None:
         """Block every link between nodes of different groups (both directions)."""
         sets = [sorted(set(g)) for g in groups]

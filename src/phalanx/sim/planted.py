@@ -53,6 +53,7 @@ class PlantedBug:
     plant: Callable[[], contextlib.AbstractContextManager[None]]
     faults: str = "all"
     nodes: int = 5
+    duration_s: float = 6.0
     settings: dict[str, Any] = field(default_factory=dict)
     cluster_class: type[Cluster] = Cluster
 
@@ -160,9 +161,12 @@ BUGS: dict[str, PlantedBug] = {
             "figure-8",
             "commit an entry of an earlier term by counting replicas",
             _plant_figure_8,
-            faults="crash,partition",
-            # One entry per append: a follower acknowledges an earlier term's entries before
-            # the new leader's own, which opens the window Figure 8 describes.
+            # The figure8 nemesis strands an old-term entry and a rival later-term entry, then
+            # crashes the leader holding the old one as it first advances its commit index.
+            # One entry per append lets followers acknowledge the old entry before the new
+            # leader's own, which is the window Figure 8 describes.
+            faults="figure8",
+            duration_s=8.0,
             settings={"max_size_per_msg_bytes": 1},
         ),
         PlantedBug(
@@ -177,16 +181,9 @@ BUGS: dict[str, PlantedBug] = {
             _nothing,
             # The window is an fsync: a vote sent, its node crashed before the vote reached
             # the disk, restarted, and asked again in the same term by another candidate.
-            # Split votes make that last step likely: three nodes, short election timeouts,
-            # no pre-vote and no check-quorum (both of which suppress competing candidates).
-            faults="crash,partition,disk",
-            nodes=3,
-            settings={
-                "early_send": "votes",
-                "pre_vote": False,
-                "check_quorum": False,
-                "election_ticks": 3,
-            },
+            # The unsynced-vote nemesis makes each step happen (default core settings).
+            faults="unsynced-vote",
+            settings={"early_send": "votes"},
         ),
         PlantedBug(
             "apply-before-commit",
@@ -227,13 +224,16 @@ def hunt(
     seeds_max: int,
     *,
     first_seed: int = 0,
-    duration_s: float = 6.0,
+    duration_s: float | None = None,
     settings: SimSettings | None = None,
 ) -> HuntResult:
     """Run seeds with ``bug`` planted until one fails (or ``seeds_max`` pass)."""
     if settings is None:
         settings = settings_for(
-            nodes=bug.nodes, faults=bug.faults, duration_s=duration_s, **bug.settings
+            nodes=bug.nodes,
+            faults=bug.faults,
+            duration_s=bug.duration_s if duration_s is None else duration_s,
+            **bug.settings,
         )
     with bug.planted():
         for count, seed in enumerate(range(first_seed, first_seed + seeds_max), start=1):
