@@ -222,9 +222,9 @@ class Cluster:
             settings.workload,
             self.history,
         )
-        # (time_us, kind, node, payload): events as popped, notes with kind _NOTE; they are
-        # formatted only when a report is written.
-        self._trace: collections.deque[tuple[int, int, int, Any]] = collections.deque(
+        # (time_us, seq, kind, node, payload): events as popped, notes with kind _NOTE; they
+        # are formatted only when a report is written.
+        self._trace: collections.deque[tuple[int, int, int, int, Any]] = collections.deque(
             maxlen=settings.trace_events
         )
         self.trace_hash = 0xCBF29CE484222325
@@ -252,12 +252,12 @@ class Cluster:
 
     def note(self, text: str) -> None:
         """Add a line to the trace of recent events (shown when a run fails)."""
-        self._trace.append((self.queue.now_us, _NOTE, 0, text))
+        self._trace.append((self.queue.now_us, -1, _NOTE, 0, text))
 
     def trace_lines(self) -> list[str]:
         """The recent events and notes, oldest first, one readable line each."""
         lines = []
-        for time_us, kind, node, payload in self._trace:
+        for time_us, _seq, kind, node, payload in self._trace:
             if kind == _NOTE:
                 text = f"  * {payload}"
             elif kind == EventKind.DELIVER:
@@ -336,7 +336,7 @@ class Cluster:
             detail = f"{type(error).__name__}: {error}"
             raise SimulationFailed(self.seed, check, detail, self.report(check, detail)) from error
 
-    def _run(self) -> None:  # noqa: PLR0912 - the hot loop dispatches inline, for speed
+    def _run(self) -> None:
         queue = self.queue
         for node in self.nodes.values():
             self._start(node)
@@ -348,56 +348,74 @@ class Cluster:
         deadline = self.quiesce_us + self.settings.liveness_us_max
         pop = queue.pop
         deliver = EventKind.DELIVER
+        nodes = self.nodes
+        trace = self._trace.append
+        h = self.trace_hash
+        try:
+            while queue:
+                event = pop()
+                trace(event)
+                time_us, _seq, kind, node_id, payload = event
+                if kind == deliver:
+                    msg: Message = payload
+                    h = (
+                        h
+                        ^ hash(
+                            (
+                                time_us,
+                                msg.type,
+                                msg.src,
+                                msg.dst,
+                                msg.term,
+                                msg.index,
+                                msg.log_term,
+                                msg.commit,
+                                len(msg.entries),
+                                msg.reject,
+                            )
+                        )
+                    ) * _FNV_PRIME & _MASK64
+                    self._deliver(nodes[node_id], msg)
+                    continue
+                self.trace_hash = h
+                if self._other_event(time_us, kind, node_id, payload, deadline):
+                    return
+                h = self.trace_hash
+        finally:
+            self.trace_hash = h
+
+    def _other_event(
+        self, time_us: int, kind: int, node_id: int, payload: Any, deadline: int
+    ) -> bool:
+        """Every event but a delivery (the common case, handled inline); True: stop."""
+        fold = self._fold
+        queue = self.queue
         tick = EventKind.TICK
         nodes = self.nodes
-        fold = self._fold
-        trace = self._trace.append
-        while queue:
-            time_us, _seq, kind, node_id, payload = pop()
-            trace((time_us, kind, node_id, payload))
-            if kind == deliver:
-                msg: Message = payload
-                fold(
-                    hash(
-                        (
-                            time_us,
-                            kind,
-                            msg.type,
-                            msg.src,
-                            msg.dst,
-                            msg.term,
-                            msg.index,
-                            msg.log_term,
-                            msg.commit,
-                            len(msg.entries),
-                            msg.reject,
-                        )
-                    )
-                )
-                self._deliver(nodes[node_id], msg)
-            elif kind == tick:
-                fold(hash((time_us, kind, node_id)))
-                node = nodes[node_id]
-                if node.life == payload and node.state is NodeState.UP:
-                    node.core.tick()
-                    self._drive(node)
-                    queue.push(time_us + node.tick_period_us(), tick, node_id, node.life)
-            elif kind == EventKind.DISK_SYNC:
-                fold(hash((time_us, kind, node_id)))
-                node = nodes[node_id]
-                if node.life == payload and node.syncing is not None:
-                    self._synced(node)
-            elif kind == EventKind.CLIENT:
-                fold(hash((time_us, kind, payload)))
-                self.workload.on_event(payload)
-            elif kind == EventKind.FAULT:
-                fold(hash((time_us, kind, _FAULT_CODES[payload.kind], payload.nodes)))
-                self._fault(payload)
-            else:
-                fold(hash((time_us, kind)))
-                if self._check_liveness(deadline):
-                    return
-                queue.push(time_us + _CHECK_PERIOD_US, EventKind.CHECK, 0, "liveness")
+        if kind == tick:
+            fold(hash((time_us, kind, node_id)))
+            node = nodes[node_id]
+            if node.life == payload and node.state is NodeState.UP:
+                node.core.tick()
+                self._drive(node)
+                queue.push(time_us + node.tick_period_us(), tick, node_id, node.life)
+        elif kind == EventKind.DISK_SYNC:
+            fold(hash((time_us, kind, node_id)))
+            node = nodes[node_id]
+            if node.life == payload and node.syncing is not None:
+                self._synced(node)
+        elif kind == EventKind.CLIENT:
+            fold(hash((time_us, kind, payload)))
+            self.workload.on_event(payload)
+        elif kind == EventKind.FAULT:
+            fold(hash((time_us, kind, _FAULT_CODES[payload.kind], payload.nodes)))
+            self._fault(payload)
+        else:
+            fold(hash((time_us, kind)))
+            if self._check_liveness(deadline):
+                return True
+            queue.push(time_us + _CHECK_PERIOD_US, EventKind.CHECK, 0, "liveness")
+        return False
 
     # -- nodes -------------------------------------------------------------------------------
 
@@ -482,30 +500,36 @@ class Cluster:
             if nemesis is not None and nemesis.after_write(node, ready):
                 return
             if wrote:
-                s = self.settings
-                if node.slow_disk:
-                    latency = node.rng.randint(s.slow_sync_us_min, s.slow_sync_us_max)
-                else:
-                    latency = node.rng.randint(s.sync_us_min, s.sync_us_max)
-                if latency > 0:
-                    node.syncing = ready
-                    self.queue.push(
-                        self.queue.now_us + latency, EventKind.DISK_SYNC, node.id, node.life
-                    )
-                    hot = ready.hard_state is not None and (
-                        ready.hard_state.vote != node.disk.durable.hard_state.vote
-                        or ready.hard_state.term != node.disk.durable.hard_state.term
-                    )
-                    self._crash_point(
-                        node,
-                        "with a new term or vote not yet fsynced"
-                        if hot
-                        else "with an fsync pending",
-                        _HOT_CRASH_WEIGHT if hot else 1.0,
-                    )
-                    return
-                node.disk.sync()
-                self.checker.on_durable_commit(node.id, node.disk.durable.hard_state.commit)
+                durable = node.disk.durable.hard_state
+                hs = ready.hard_state
+                hot = hs is not None and (hs.vote != durable.vote or hs.term != durable.term)
+                # etcd's MustSync: a Ready that only moves the commit index need not wait for
+                # an fsync (a lost commit index is learned again); its write stays pending
+                # until the next fsync, and a crash may lose it.
+                if hot or ready.entries or ready.snapshot is not None:
+                    s = self.settings
+                    rng = node.rng.random
+                    if node.slow_disk:
+                        low, high = s.slow_sync_us_min, s.slow_sync_us_max
+                    else:
+                        low, high = s.sync_us_min, s.sync_us_max
+                    latency = low + int(rng() * (high - low + 1))
+                    if latency > 0:
+                        node.syncing = ready
+                        self.queue.push(
+                            self.queue.now_us + latency, EventKind.DISK_SYNC, node.id, node.life
+                        )
+                        if self._crash_point_p:
+                            self._crash_point(
+                                node,
+                                "with a new term or vote not yet fsynced"
+                                if hot
+                                else "with an fsync pending",
+                                _HOT_CRASH_WEIGHT if hot else 1.0,
+                            )
+                        return
+                    node.disk.sync()
+                    self.checker.on_durable_commit(node.id, node.disk.durable.hard_state.commit)
             self._complete(node, ready)
             if self._crash_after(node, ready):
                 return

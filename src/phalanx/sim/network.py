@@ -155,29 +155,32 @@ class Network:
 
     # -- traffic -----------------------------------------------------------------------------
 
-    def transmit(self, src: int, dst: int) -> list[int]:
+    def transmit(self, src: int, dst: int) -> tuple[int, ...]:
         """The delays (us) of the copies of one message that will be delivered: 0, 1 or 2."""
         stats = self.stats
         stats.sent += 1
         if (src, dst) in self._blocked:
             stats.blocked += 1
-            return []
+            return ()
         profile = self._links.get((src, dst), self.default)
-        rng = self._rng
-        if profile.loss_probability and rng.random() < profile.loss_probability:
+        rng = self._rng.random
+        if profile.loss_probability and rng() < profile.loss_probability:
             stats.lost += 1
-            return []
-        delays = [self._delay(profile)]
-        if profile.duplicate_probability and rng.random() < profile.duplicate_probability:
+            return ()
+        delay = self._delay(profile)
+        if profile.duplicate_probability and rng() < profile.duplicate_probability:
             stats.duplicated += 1
-            delays.append(self._delay(profile))
-        return delays
+            return (delay, self._delay(profile))
+        return (delay,)
 
     def _delay(self, profile: LinkProfile) -> int:
-        rng = self._rng
-        if profile.tail_probability and rng.random() < profile.tail_probability:
-            return rng.randint(profile.delay_us_max, profile.tail_delay_us_max)
-        return rng.randint(profile.delay_us_min, profile.delay_us_max)
+        rng = self._rng.random
+        if profile.tail_probability and rng() < profile.tail_probability:
+            low, high = profile.delay_us_max, profile.tail_delay_us_max
+        else:
+            low, high = profile.delay_us_min, profile.delay_us_max
+        # Uniform in [low, high], without randint's rejection sampling.
+        return low + int(rng() * (high - low + 1))
 
     def arrives(self, src: int, dst: int) -> bool:
         """Whether a message in flight on ``src -> dst`` still arrives (no partition now)."""
