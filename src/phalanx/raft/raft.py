@@ -43,6 +43,7 @@ from phalanx.raft.types import (
     ReadState,
     Role,
     Snapshot,
+    decode_conf_change,
 )
 
 __all__ = ["CAMPAIGN_TRANSFER", "Raft"]
@@ -94,8 +95,24 @@ class Raft:
                 config.applied <= self.log.committed,
                 f"Config.applied {config.applied} is beyond the commit index {self.log.committed}",
             )
+            self._replay_conf_changes(config.applied)
             self.log.applied_to(config.applied)
         self.become_follower(self.term, NONE)
+
+    def _replay_conf_changes(self, applied: int) -> None:
+        """Bring the membership from the snapshot's up to ``applied``.
+
+        ``initial_state()`` gives the membership as of the snapshot; the driver applied the
+        entries up to ``applied`` before the restart and will not be handed them again, so the
+        membership changes among them (all still in the log: it starts after the snapshot) are
+        applied here, in order, exactly as the driver once applied them.
+        """
+        lo = self.log.first_index()
+        if applied < lo:
+            return
+        for entry in self.log.slice(lo, applied + 1, 1 << 62):
+            if entry.type == EntryType.CONF_CHANGE:
+                self._change_membership(decode_conf_change(entry.data))
 
     def _load(self, hard_state: HardState) -> None:
         invariant(
@@ -193,6 +210,10 @@ class Raft:
 
     def become_leader(self) -> None:
         invariant(self.role == Role.CANDIDATE, f"{self.role.name} cannot become leader")
+        invariant(
+            self.tracker.is_voter(self.id),
+            f"{self.id} is not a voter of {self.conf_state()} and cannot become leader",
+        )
         self._reset(self.term)
         self.lead = self.id
         self.role = Role.LEADER
@@ -205,14 +226,16 @@ class Raft:
     # -- elections ------------------------------------------------------------------------
 
     def hup(self, *, transfer: bool) -> None:
-        if self.role == Role.LEADER or not self.promotable():
-            return
-        if self._conf_change_unapplied():
+        if self.role == Role.LEADER or not self._may_lead():
             return
         if self.config.pre_vote and not transfer:
             self.campaign(pre_vote=True, transfer=False)
         else:
             self.campaign(pre_vote=False, transfer=transfer)
+
+    def _may_lead(self) -> bool:
+        """May this node campaign, or take the leadership it won, right now?"""
+        return self.promotable() and not self._conf_change_unapplied()
 
     def _conf_change_unapplied(self) -> bool:
         """A committed conf change not yet applied may change who may campaign."""
@@ -359,7 +382,12 @@ class Raft:
         self.tracker.record_vote(m.src, not m.reject)
         _, _, result = self.tracker.tally()
         if result == VoteResult.WON:
-            if self.role == Role.PRE_CANDIDATE:
+            if not self._may_lead():
+                # A refusal taught this node a commit index covering a membership change it has
+                # not applied yet (see _learn_commit): the votes were counted under a membership
+                # that may no longer hold. Give up; hup campaigns again once it is applied.
+                self.become_follower(self.term, NONE)
+            elif self.role == Role.PRE_CANDIDATE:
                 self.campaign(pre_vote=False, transfer=False)
             else:
                 self.become_leader()
@@ -450,6 +478,17 @@ class Raft:
     # -- membership ----------------------------------------------------------------------------
 
     def apply_conf_change(self, change: ConfChange) -> ConfState:
+        self._change_membership(change)
+        if self.role == Role.LEADER:
+            leader.after_conf_change(self)
+        elif self.role in (Role.PRE_CANDIDATE, Role.CANDIDATE):
+            # The campaign's votes were asked, and are counted, under the old membership, in
+            # which this node may no longer be a voter: give it up (same term, no leader). It
+            # campaigns again, under the new membership, when its election timeout runs out.
+            self.become_follower(self.term, NONE)
+        return self.tracker.membership.to_conf_state()
+
+    def _change_membership(self, change: ConfChange) -> None:
         try:
             membership, progress = apply_change(
                 self.tracker.membership,
@@ -464,9 +503,6 @@ class Raft:
             raise InvariantViolation(f"committed conf change does not apply: {error}") from error
         self.tracker.membership = membership
         self.tracker.progress = progress
-        if self.role == Role.LEADER:
-            leader.after_conf_change(self)
-        return membership.to_conf_state()
 
     def after_apply(self, entries: tuple[Entry, ...]) -> None:
         """The driver applied ``entries``: release their bytes from the uncommitted cap."""
