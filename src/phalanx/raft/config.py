@@ -45,7 +45,9 @@ class Config:
       proposals past it are dropped.
     - ``read_only``: ``"safe"`` (ReadIndex confirmed by a heartbeat round) or ``"lease"``
       (served under the leader's lease; needs ``check_quorum``).
-    - ``applied``: the last index the state machine applied before a restart.
+    - ``applied``: the last index whose effects the state machine holds durably at a restart
+      (CONF_CHANGE entries included); at most the stored commit index. The core applies the
+      membership changes between the snapshot and it, and hands out entries from the next.
     - ``max_entries_per_msg``: entries per append.
     """
 

@@ -33,7 +33,12 @@ class Storage(Protocol):
     """What the core reads. Every index refers to the log as persisted so far."""
 
     def initial_state(self) -> tuple[HardState, ConfState]:
-        """The hard state and membership to start from after a restart."""
+        """The persisted hard state, and the membership as of the snapshot.
+
+        The membership is the one in effect once every entry up to the snapshot's index is
+        applied, without any change from the log entries after it: the core applies those
+        up to ``Config.applied`` itself when it starts (see ``docs/raft.md``, Restarting).
+        """
         ...
 
     def entries(self, lo: int, hi: int, max_bytes: int) -> list[Entry]:
