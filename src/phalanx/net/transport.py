@@ -496,15 +496,16 @@ class PeerTransport:
             connects = peer.connects
             try:
                 await self._connect_and_pump(peer)
-            except* (OSError, EOFError, FrameError, HandshakeRejected) as group:
-                error = group.exceptions[0]
+            except (OSError, EOFError, FrameError, HandshakeRejected) as error:
                 if peer.connects == connects:
                     peer.connect_failures += 1
                     _log.debug("connecting to %d at %s failed: %r", peer.id, peer.address, error)
                 else:
                     _log.info("connection to %d lost: %r", peer.id, error)
                 if isinstance(error, HandshakeRejected):
-                    _log.warning("peer %d refused the handshake: %s", peer.id, error)
+                    # Once per run of failures: the peer may stay misconfigured for long.
+                    level = logging.WARNING if retry_index == 0 else logging.DEBUG
+                    _log.log(level, "peer %d refused the handshake: %s", peer.id, error)
             self._fail_snapshot(peer)
             self._notify_unreachable(peer)
             if peer.connects != connects:
