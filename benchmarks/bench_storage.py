@@ -1,6 +1,6 @@
 """A small benchmark of the durable storage, run by hand (numbers go to docs/storage.md):
 
-    .venv/bin/python tests/storage/bench_storage.py [DIRECTORY]
+    .venv/bin/python benchmarks/bench_storage.py [DIRECTORY]
 
 It reports; it asserts nothing. DIRECTORY defaults to a temporary directory (on the same
 file system as the system's temporary files).
