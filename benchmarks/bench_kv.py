@@ -1,4 +1,6 @@
-"""Measure the in-memory state machine against embedded engines: ``python -m phalanx.kv.bench``.
+"""Measure the in-memory KV state machine against embedded engines.
+
+Run: ``.venv/bin/python benchmarks/bench_kv.py``.
 
 Applies ``--keys`` puts (8-byte keys, 256-byte values, the sizes of the cluster benchmark) as
 committed entries, one at a time as a node applies them, and reports apply throughput, memory
