@@ -27,6 +27,7 @@ from phalanx.errors import NotLeader, PhalanxError, Timeout
 from phalanx.kv import KVStore, Proposal, Put, encode_proposal
 from phalanx.kv.responses import Error, PutResult, Response
 from phalanx.net import PeerTransport
+from phalanx.node.client_server import ClientServer
 from phalanx.raft.config import Config
 from phalanx.raft.errors import ProposalDropped
 from phalanx.raft.node import RawNode, Status
@@ -55,7 +56,10 @@ class RaftNode:
     """One member of a Phalanx cluster, with an in-process client API (``put``/``get``).
 
     ``peers`` maps every other member's id to its peer address; on first start the cluster's
-    membership is ``peers`` plus this node, afterwards the log's record of it wins. Use as
+    membership is ``peers`` plus this node, afterwards the log's record of it wins. With
+    ``client_listen`` the node also serves the client protocol there (``ClientServer``);
+    ``client_addrs`` maps members' ids to their client addresses, so that a ``NotLeader``
+    answer can name the leader's client address. Use as
     ``async with RaftNode(...) as node:`` or call :meth:`start` and :meth:`aclose`.
     """
 
@@ -72,6 +76,8 @@ class RaftNode:
         heartbeat_ticks: int = 1,
         request_timeout_s: float = REQUEST_TIMEOUT_S,
         rng: random.Random | None = None,
+        client_listen: Address | None = None,
+        client_addrs: Mapping[int, Address] | None = None,
     ) -> None:
         if tick_interval_s <= 0:
             raise ValueError(f"tick_interval_s: must be > 0, got {tick_interval_s}")
@@ -106,6 +112,10 @@ class RaftNode:
         self._reads: dict[bytes, asyncio.Future[int]] = {}
         self._read_waits: list[tuple[int, asyncio.Future[None]]] = []
         self._contexts = itertools.count(1)
+        # The client endpoint (none: in-process API only) and every member's client address.
+        self._client_listen = client_listen
+        self._client_addrs = dict(client_addrs or {})
+        self._client_server: ClientServer | None = None
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -122,6 +132,15 @@ class RaftNode:
             waiter.cancel()
             await asyncio.gather(waiter, return_exceptions=True)
             await self._runner  # raises what stopped it
+        if self._client_listen is not None:
+            server = ClientServer(self, self._client_listen)
+            try:
+                await server.start()
+            except BaseException:
+                await self.aclose()
+                raise
+            self._client_server = server
+            self._client_addrs.setdefault(self.id, server.address)
 
     async def _open(self) -> None:
         voters = tuple(sorted({self.id, *self._peers}))
@@ -174,6 +193,9 @@ class RaftNode:
         """Stop the loops, close the connections and the storage. Pending ``put`` calls raise
         ``Timeout`` (their outcome is unknown); pending ``get`` calls raise ``Timeout``."""
         self._closed = True
+        server, self._client_server = self._client_server, None
+        if server is not None:
+            await server.aclose()
         self._stop.set()
         runner, self._runner = self._runner, None
         if runner is not None:
@@ -192,6 +214,16 @@ class RaftNode:
     def listen_address(self) -> Address:
         """The bound peer address (the real port when 0 was asked for)."""
         return self._core_transport().listen_address
+
+    @property
+    def client_address(self) -> Address | None:
+        """The bound client address, or None when the node serves no client endpoint."""
+        return self._client_server.address if self._client_server is not None else None
+
+    def leader_client_address(self) -> tuple[int, Address | None]:
+        """The leader's id (0 if unknown) and its client address, when this node knows it."""
+        leader = self._core().status().leader
+        return leader, self._client_addrs.get(leader) if leader != NONE else None
 
     def status(self) -> Status:
         return self._core().status()
