@@ -18,11 +18,13 @@ def _register() -> None:
     from phalanx.cli.breaker import breaker
     from phalanx.cli.demo import demo
     from phalanx.cli.health import health
+    from phalanx.cli.node import node
     from phalanx.cli.sim import sim
 
     cli.add_command(breaker)
     cli.add_command(demo)
     cli.add_command(health)
+    cli.add_command(node)
     cli.add_command(sim)
 
 

@@ -1,0 +1,71 @@
+"""``phalanx node``: run one cluster member until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import click
+
+from phalanx.node.cluster_spec import Address, parse_address, parse_cluster
+
+
+def _address(_ctx: click.Context, _param: click.Parameter, value: str) -> Address:
+    try:
+        return parse_address(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.command()
+@click.option("--id", "node_id", required=True, type=click.IntRange(min=1), help="This node's id.")
+@click.option(
+    "--data-dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Directory of the node's log and snapshots (created if missing).",
+)
+@click.option(
+    "--peer-listen", required=True, callback=_address, help="host:port for Raft peer traffic."
+)
+@click.option(
+    "--client-listen", required=True, callback=_address, help="host:port for client requests."
+)
+@click.option(
+    "--cluster",
+    "cluster_spec",
+    required=True,
+    help="Every member as ID=PEER_HOST:PORT/CLIENT_HOST:PORT, comma-separated.",
+)
+@click.option("--cluster-id", default="phalanx", show_default=True, help="Cluster name.")
+@click.option(
+    "--tick-ms",
+    default=100,
+    show_default=True,
+    type=click.IntRange(1, 10_000),
+    help="Raft tick; the election timeout is 10 to 20 ticks.",
+)
+def node(
+    node_id: int,
+    data_dir: str,
+    peer_listen: Address,
+    client_listen: Address,
+    cluster_spec: str,
+    cluster_id: str,
+    tick_ms: int,
+) -> None:
+    """Run one Phalanx node until SIGTERM or SIGINT."""
+    from phalanx.node.process import run_node
+
+    try:
+        members = parse_cluster(cluster_spec)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--cluster") from None
+    if node_id not in members:
+        raise click.BadParameter(f"node {node_id} is not listed", param_hint="--cluster")
+    run_node(
+        node_id,
+        data_dir,
+        peer_listen=peer_listen,
+        client_listen=client_listen,
+        members=members,
+        cluster_id=cluster_id,
+        tick_interval_s=tick_ms / 1000,
+    )
