@@ -31,3 +31,7 @@ def _register() -> None:
 def main() -> None:
     _register()
     cli()
+
+
+if __name__ == "__main__":
+    main()
