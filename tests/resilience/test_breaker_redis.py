@@ -1,8 +1,8 @@
-"""Breakers sharing their state through Redis: two breakers on two clients, force-open and
-reset, concurrent trips, a second process, Redis going down and coming back, the key layout,
-and bad configuration.
+"""Breakers sharing their state through Redis: a second process, Redis going down and coming
+back, the key layout, and bad configuration.
 
-The store contract itself runs against Redis in ``test_breaker_store.py``.
+The store contract, and two breakers sharing a store (trips, force-open and reset, concurrent
+trips), run against Redis and SQLite alike in ``test_breaker_store.py``.
 """
 
 from __future__ import annotations
@@ -63,68 +63,6 @@ def make_store(url: str, prefix: str) -> Iterator[StoreFactory]:
     yield factory
     for store in opened:
         store.close()
-
-
-def _pair(make_store: StoreFactory, clock: ManualClock) -> tuple[CircuitBreaker, CircuitBreaker]:
-    options: dict[str, object] = {
-        "consecutive_failures": 2,
-        "open_timeout_s": 30,
-        "half_open_requests": 1,
-        "refresh_interval_s": 1.0,
-        "clock": clock,
-    }
-    first = CircuitBreaker("payments", store=make_store(), **options)  # type: ignore[arg-type]
-    second = CircuitBreaker("payments", store=make_store(), **options)  # type: ignore[arg-type]
-    return first, second
-
-
-def test_two_breakers_open_together_within_the_refresh_period(make_store: StoreFactory) -> None:
-    clock = ManualClock()
-    first, second = _pair(make_store, clock)
-    assert second.call(int, "1") == 1
-    for _ in range(2):
-        with pytest.raises(Down):
-            first.call(fail)
-    assert first.state is BreakerState.OPEN
-    clock.advance(0.5)
-    assert second.call(int, "2") == 2  # not refreshed yet
-    clock.advance(0.5)
-    with pytest.raises(CircuitOpen) as caught:
-        second.call(int, "3")
-    assert caught.value.retry_after_s == pytest.approx(29.0)
-    clock.advance(29.0)
-    assert first.call(int, "4") == 4  # the probe succeeds and closes both
-    clock.advance(1.0)
-    assert second.state is BreakerState.CLOSED
-    assert second.statistics().store_version == first.statistics().store_version == 2
-
-
-def test_force_open_and_reset_travel_through_redis(make_store: StoreFactory) -> None:
-    clock = ManualClock()
-    first, second = _pair(make_store, clock)
-    first.force_open()
-    clock.advance(1.0)
-    with pytest.raises(CircuitOpen) as caught:
-        second.call(int, "1")
-    assert caught.value.retry_after_s is None
-    clock.advance(10_000.0)
-    assert second.state is BreakerState.OPEN  # forced: no timeout
-    first.reset()
-    clock.advance(1.0)
-    assert second.call(int, "2") == 2
-
-
-def test_concurrent_trips_agree_on_one_version(make_store: StoreFactory) -> None:
-    clock = ManualClock()
-    first, second = _pair(make_store, clock)
-    assert second.call(int, "0") == 0
-    for breaker in (first, second):
-        for _ in range(2):
-            with pytest.raises(Down):
-                breaker.call(fail)
-    assert first.statistics().store_version == 1
-    assert second.statistics().store_version == 1
-    assert second.state is BreakerState.OPEN
 
 
 CHILD = textwrap.dedent(

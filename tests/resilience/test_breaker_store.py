@@ -1,5 +1,5 @@
 """Shared breaker state: the store contract (every implementation), breakers that share a
-SQLite file, a second real process opening the breaker, and a broken store."""
+SQLite file or a Redis prefix, a second real process opening the breaker, and a broken store."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -86,7 +86,32 @@ def test_sqlite_uses_wal(tmp_path: Path) -> None:
         conn.close()
 
 
-def _pair(path: Path, clock: ManualClock) -> tuple[CircuitBreaker, CircuitBreaker]:
+SharedStores = Callable[[], BreakerStore]
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def shared(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SharedStores]:
+    """A factory of stores over one backing (a SQLite file, or a Redis prefix), each store
+    with its own connection: breakers in separate processes or on separate machines."""
+    opened: list[SQLiteBreakerStore | RedisBreakerStore] = []
+    prefix = f"test:{uuid.uuid4().hex}:"
+
+    def factory() -> BreakerStore:
+        store: SQLiteBreakerStore | RedisBreakerStore
+        if request.param == "redis":
+            url = str(request.getfixturevalue("redis_server").url)
+            store = RedisBreakerStore(url, key_prefix=prefix)
+        else:
+            store = SQLiteBreakerStore(tmp_path / "shared.db")
+        opened.append(store)
+        return store
+
+    yield factory
+    for store in opened:
+        store.close()
+
+
+def _pair(shared: SharedStores, clock: ManualClock) -> tuple[CircuitBreaker, CircuitBreaker]:
     options: dict[str, object] = {
         "consecutive_failures": 2,
         "open_timeout_s": 30,
@@ -94,16 +119,16 @@ def _pair(path: Path, clock: ManualClock) -> tuple[CircuitBreaker, CircuitBreake
         "refresh_interval_s": 1.0,
         "clock": clock,
     }
-    first = CircuitBreaker("payments", store=SQLiteBreakerStore(path), **options)  # type: ignore[arg-type]
-    second = CircuitBreaker("payments", store=SQLiteBreakerStore(path), **options)  # type: ignore[arg-type]
+    first = CircuitBreaker("payments", store=shared(), **options)  # type: ignore[arg-type]
+    second = CircuitBreaker("payments", store=shared(), **options)  # type: ignore[arg-type]
     return first, second
 
 
-def test_two_breakers_on_one_file_open_together_within_the_refresh_period(
-    tmp_path: Path,
+def test_two_breakers_sharing_a_store_open_together_within_the_refresh_period(
+    shared: SharedStores,
 ) -> None:
     clock = ManualClock()
-    first, second = _pair(tmp_path / "shared.db", clock)
+    first, second = _pair(shared, clock)
     assert second.call(int, "1") == 1  # reads the (empty) store now; next read at t=1
     for _ in range(2):
         with pytest.raises(Down):
@@ -124,9 +149,9 @@ def test_two_breakers_on_one_file_open_together_within_the_refresh_period(
     assert second.statistics().store_version == first.statistics().store_version == 2
 
 
-def test_force_open_and_reset_travel_through_the_store(tmp_path: Path) -> None:
+def test_force_open_and_reset_travel_through_the_store(shared: SharedStores) -> None:
     clock = ManualClock()
-    first, second = _pair(tmp_path / "shared.db", clock)
+    first, second = _pair(shared, clock)
     first.force_open()
     clock.advance(1.0)
     with pytest.raises(CircuitOpen) as caught:
@@ -139,9 +164,9 @@ def test_force_open_and_reset_travel_through_the_store(tmp_path: Path) -> None:
     assert second.call(int, "2") == 2
 
 
-def test_concurrent_trips_agree_on_one_version(tmp_path: Path) -> None:
+def test_concurrent_trips_agree_on_one_version(shared: SharedStores) -> None:
     clock = ManualClock()
-    first, second = _pair(tmp_path / "shared.db", clock)
+    first, second = _pair(shared, clock)
     assert second.call(int, "0") == 0  # refresh now, so the next one is a second away
     for breaker in (first, second):
         for _ in range(2):
