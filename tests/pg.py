@@ -22,12 +22,13 @@ import contextlib
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from loopback import free_port
 
 __all__ = ["PgServer", "PostgresUnavailable", "find_bin_dir", "start_server"]
 
@@ -58,12 +59,6 @@ def find_bin_dir() -> Path:
         return (int(version) if version.isdigit() else -1, version)
 
     return max(usable, key=major)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from loopback import free_port
+
 __all__ = ["RedisServer", "RedisUnavailable", "find_binary", "start_server"]
 
 START_TIMEOUT_S = 10.0
@@ -49,12 +51,6 @@ def find_binary() -> str:
             "(.ci/run does this), or point PHALANX_REDIS_SERVER at the binary"
         )
     return found
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def ping(port: int, *, timeout_s: float = 1.0) -> bool:

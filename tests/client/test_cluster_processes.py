@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from loopback import free_ports
 from phalanx.client import Client
 from phalanx.errors import Indeterminate, Timeout
 
@@ -27,17 +27,6 @@ IDS = (1, 2, 3)
 TICK_MS = 20
 DEADLINE_S = 10.0
 WRITES = 20
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 class Cluster:

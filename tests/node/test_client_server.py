@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import struct
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -12,6 +11,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from loopback import free_ports
 from phalanx.client import AsyncClient
 from phalanx.errors import BadRequest, TooLarge
 from phalanx.net.framing import WIRE_VERSION, FrameDecoder, FrameType
@@ -27,17 +27,6 @@ from phalanx.node.client_protocol import (
 IDS = (1, 2, 3)
 TICK_S = 0.02
 DEADLINE_S = 5.0
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 @asynccontextmanager

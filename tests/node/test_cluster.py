@@ -6,30 +6,19 @@ Every wait is bounded by a deadline; nothing asserts how long anything took.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import pytest
 
+from loopback import free_ports
 from phalanx.errors import NotLeader
 from phalanx.node import RaftNode
 
 IDS = (1, 2, 3)
 TICK_S = 0.02
 DEADLINE_S = 5.0
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 @asynccontextmanager
