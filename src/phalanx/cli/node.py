@@ -42,6 +42,13 @@ def _address(_ctx: click.Context, _param: click.Parameter, value: str) -> Addres
     type=click.IntRange(1, 10_000),
     help="Raft tick; the election timeout is 10 to 20 ticks.",
 )
+@click.option(
+    "--fsync/--no-fsync",
+    default=True,
+    show_default=True,
+    help="fdatasync the log before acknowledging. --no-fsync survives process crashes but "
+    "may lose acknowledged writes on an OS crash or power loss: for benchmarks only.",
+)
 def node(
     node_id: int,
     data_dir: str,
@@ -50,6 +57,7 @@ def node(
     cluster_spec: str,
     cluster_id: str,
     tick_ms: int,
+    fsync: bool,
 ) -> None:
     """Run one Phalanx node until SIGTERM or SIGINT."""
     from phalanx.node.process import run_node
@@ -68,4 +76,5 @@ def node(
         members=members,
         cluster_id=cluster_id,
         tick_interval_s=tick_ms / 1000,
+        fsync=fsync,
     )

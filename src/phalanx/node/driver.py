@@ -41,6 +41,7 @@ from phalanx.raft.types import (
     decode_conf_change,
 )
 from phalanx.storage import DiskStorage
+from phalanx.storage.limits import StorageLimits
 
 __all__ = ["Address", "RaftNode"]
 
@@ -78,6 +79,7 @@ class RaftNode:
         rng: random.Random | None = None,
         client_listen: Address | None = None,
         client_addrs: Mapping[int, Address] | None = None,
+        storage_limits: StorageLimits | None = None,
     ) -> None:
         if tick_interval_s <= 0:
             raise ValueError(f"tick_interval_s: must be > 0, got {tick_interval_s}")
@@ -97,6 +99,7 @@ class RaftNode:
             id=node_id, election_ticks=election_ticks, heartbeat_ticks=heartbeat_ticks
         )
         self._rng = rng or random.Random()
+        self._storage_limits = storage_limits or StorageLimits()
         self.store = KVStore()
         self._storage: DiskStorage | None = None
         self._node: RawNode | None = None
@@ -144,7 +147,9 @@ class RaftNode:
 
     async def _open(self) -> None:
         voters = tuple(sorted({self.id, *self._peers}))
-        storage = await asyncio.to_thread(DiskStorage, self.data_dir, ConfState(voters=voters))
+        storage = await asyncio.to_thread(
+            DiskStorage, self.data_dir, ConfState(voters=voters), limits=self._storage_limits
+        )
         self._storage = storage
         snapshot = storage.snapshot()
         if snapshot.meta.index > 0:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from phalanx.node.cluster_spec import Address, Member
 from phalanx.node.driver import RaftNode
+from phalanx.storage.limits import StorageLimits
 
 __all__ = ["run_node", "serve"]
 
@@ -26,6 +27,7 @@ async def serve(
     members: Mapping[int, Member],
     cluster_id: str,
     tick_interval_s: float,
+    fsync: bool = True,
 ) -> None:
     """Start the node, wait for SIGTERM or SIGINT, close it."""
     stop = asyncio.Event()
@@ -41,6 +43,7 @@ async def serve(
         tick_interval_s=tick_interval_s,
         client_listen=client_listen,
         client_addrs={i: m.client for i, m in members.items()},
+        storage_limits=StorageLimits(fsync=fsync),
     )
     async with node:
         _log.info(
@@ -68,6 +71,7 @@ def run_node(
     members: Mapping[int, Member],
     cluster_id: str,
     tick_interval_s: float,
+    fsync: bool = True,
 ) -> None:
     asyncio.run(
         serve(
@@ -78,5 +82,6 @@ def run_node(
             members=members,
             cluster_id=cluster_id,
             tick_interval_s=tick_interval_s,
+            fsync=fsync,
         )
     )

@@ -25,12 +25,18 @@ class StorageLimits:
     writes them in several batches, each fsynced, the hard state with the last.
 
     ``snapshot_bytes_max``: the encoded size of one snapshot file.
+
+    ``fsync``: when false, a batch is written but not fdatasynced. A process crash (even
+    SIGKILL) still loses nothing, because the kernel holds the written pages; an operating
+    system crash or power loss may lose acknowledged writes. Meant for benchmarks and for
+    comparing with systems that never fsync; never for data that matters.
     """
 
     record_bytes_max: int = 16 * _MIB
     segment_bytes_max: int = 64 * _MIB
     batch_entries_max: int = 8192
     snapshot_bytes_max: int = 1024 * _MIB
+    fsync: bool = True
 
     def __post_init__(self) -> None:
         for name in (

@@ -273,7 +273,8 @@ class Wal:
                 data = self._roll() + data
                 created = True
             _write_all(self._fd, data)
-            os.fdatasync(self._fd)
+            if self._limits.fsync:
+                os.fdatasync(self._fd)
             if created:
                 fsync_directory(self._directory)
         except BaseException as error:
