@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import psycopg
 import pytest
 
 from phalanx.sharding import DirectoryUnavailable, strategy
@@ -18,14 +14,6 @@ from phalanx.sharding.directory_store import (
     open_directory_store,
 )
 from phalanx.sharding.strategies import DirectoryStrategy
-
-
-@pytest.fixture
-def pg_dsn(postgres_server: Any) -> Iterator[str]:
-    name = f"dir_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_server.dsn, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    yield postgres_server.dsn.replace("dbname=postgres", f"dbname={name}")
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgres"])
