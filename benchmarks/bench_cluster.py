@@ -208,13 +208,20 @@ class Cluster:
 
 class PhalanxCluster(Cluster):
     def __init__(
-        self, root: Path, *, fsync: bool, tick_ms: int, profile_dir: Path | None = None
+        self,
+        root: Path,
+        *,
+        fsync: bool,
+        tick_ms: int,
+        profile_dir: Path | None = None,
+        profile_clock: str = "wall",
     ) -> None:
         self.name = "phalanx-fsync" if fsync else "phalanx-nofsync"
         self.root = root
         self.fsync = fsync
         self.tick_ms = tick_ms
         self.profile_dir = profile_dir
+        self.profile_clock = profile_clock
         self.servers = []
         ports = free_ports(6)
         self.peer = {i: ports[2 * (i - 1)] for i in (1, 2, 3)}
@@ -229,12 +236,10 @@ class PhalanxCluster(Cluster):
             if self.profile_dir is not None:
                 head = [
                     sys.executable,
-                    "-m",
-                    "cProfile",
-                    "-o",
+                    str(HERE / "cluster_profiled_node.py"),
+                    "--clock",
+                    self.profile_clock,
                     str(self.profile_dir / f"node{i}.prof"),
-                    "-m",
-                    "phalanx.cli.main",
                 ]
             else:
                 head = [sys.executable, "-m", "phalanx.cli.main"]
@@ -551,8 +556,17 @@ def _collect(procs: list[subprocess.Popen[bytes]], row: Row) -> list[int]:
     return latencies
 
 
-def measure(cluster: Cluster, op: str, clients: int, args: argparse.Namespace) -> Row:
-    """One closed-loop run of ``clients`` clients doing ``op``, over worker processes."""
+def measure(
+    cluster: Cluster,
+    op: str,
+    clients: int,
+    args: argparse.Namespace,
+    on_window: Callable[[bool], None] | None = None,
+) -> Row:
+    """One closed-loop run of ``clients`` clients doing ``op``, over worker processes.
+
+    ``on_window(True)`` is called when the measured window opens, ``on_window(False)`` when
+    it closes."""
     row = Row(cluster.name, op, clients, duration_s=args.duration)
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -566,11 +580,15 @@ def measure(cluster: Cluster, op: str, clients: int, args: argparse.Namespace) -
         w_start = t0 + args.warmup
         t_end = w_start + args.duration
         time.sleep(max(0.0, w_start - time.monotonic()))
+        if on_window is not None:
+            on_window(True)  # noqa: FBT003
         server_before = sum(_cpu_ticks(p) for p in cluster.pids())
         busy_before, total_before = _machine_ticks()
         time.sleep(max(0.0, t_end - time.monotonic()))
         server_after = sum(_cpu_ticks(p) for p in cluster.pids())
         busy_after, total_after = _machine_ticks()
+        if on_window is not None:
+            on_window(False)  # noqa: FBT003
         latencies = _collect(procs, row)
     finally:
         for proc in procs:
@@ -647,9 +665,43 @@ def bench_system(name: str, args: argparse.Namespace, base: Path) -> list[Row]:
 @dataclass
 class Profile:
     row: Row
-    top: list[tuple[str, int, float, float]]  # function, calls, tottime share, cumtime share
-    total_s: float
     leader: int
+    window_s: float
+    idle_s: float  # the leader's event loop waiting in epoll
+    top: list[tuple[str, int, float, float]]  # function, calls, own s, cumulative s
+    categories: list[tuple[str, float]]  # (what, own s)
+    cpu: dict[str, float]  # node name -> CPU % in the window (all threads)
+
+
+#: Where a function's own time goes, by its module (first match wins).
+_CATEGORIES: tuple[tuple[str, str], ...] = (
+    ("phalanx/raft/", "Raft core (`phalanx.raft`)"),
+    ("phalanx/storage/", "storage, main-thread part (`phalanx.storage`)"),
+    ("phalanx/net/", "peer transport and framing (`phalanx.net`)"),
+    ("phalanx/node/client", "client server and protocol (`phalanx.node.client_*`)"),
+    ("phalanx/node/", "node driver (`phalanx.node`)"),
+    ("phalanx/kv/", "key-value state machine (`phalanx.kv`)"),
+    ("phalanx/", "other phalanx code"),
+    ("asyncio/", "asyncio event loop, streams, tasks, futures"),
+    ("concurrent/", "thread pool hand-off (`asyncio.to_thread`)"),
+    ("threading.py", "thread pool hand-off (`asyncio.to_thread`)"),
+    ("msgspec", "msgpack encoding (msgspec)"),
+)
+
+
+def _category(where: str) -> str:
+    if "epoll" in where:
+        return "idle: waiting in epoll"
+    if where.startswith(("<method 'send", "<method 'recv")):
+        return "socket send/recv system calls"
+    if "_queue" in where or "lock" in where.lower() or "Condition" in where:
+        return "thread pool hand-off (`asyncio.to_thread`)"
+    if "msgspec" in where or "Encoder" in where or "Decoder" in where:
+        return "msgpack encoding (msgspec)"
+    for needle, name in _CATEGORIES:
+        if needle in where:
+            return name
+    return "other (builtins, standard library)"
 
 
 def _where(func: tuple[str, int, str]) -> str:
@@ -662,29 +714,55 @@ def _where(func: tuple[str, int, str]) -> str:
         short = "/".join(parts[parts.index("phalanx") :])
     elif "asyncio" in parts:
         short = "asyncio/" + path.name
+    elif "concurrent" in parts:
+        short = "concurrent/" + path.name
     else:
         short = path.name
     return f"{short}:{line} {name}"
 
 
 def profile_phalanx(args: argparse.Namespace, base: Path) -> Profile:
-    """16 writing clients against a cProfiled fsync-on cluster; the leader's top costs."""
+    """Clients writing to an fsync-on cluster whose nodes are profiled during the window."""
     root = base / "profile"
     root.mkdir()
-    cluster = PhalanxCluster(root, fsync=True, tick_ms=args.tick_ms, profile_dir=root)
+    cluster = PhalanxCluster(
+        root, fsync=True, tick_ms=args.tick_ms, profile_dir=root, profile_clock=args.profile_clock
+    )
+    cpu: dict[str, float] = {}
     with running(cluster):
         populate(cluster)
-        row = measure(cluster, "put", args.profile_clients, args)
         leader = cluster.leader_id()
-    stats = pstats.Stats(str(root / f"node{leader}.prof"))
-    raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
-    total = sum(entry[2] for entry in raw.values())  # total tottime (wall on one thread)
-    ranked = sorted(raw.items(), key=lambda item: item[1][2], reverse=True)
-    top = [
-        (_where(func), int(entry[1]), entry[2] / total, entry[3] / total)
-        for func, entry in ranked[: args.profile_top]
-    ]
-    return Profile(row, top, total, leader)
+        ticks: dict[int, int] = {}
+
+        def window(opening: bool) -> None:
+            for i, server in enumerate(cluster.servers, start=1):
+                os.kill(server.pid, signal.SIGUSR1 if opening else signal.SIGUSR2)
+                if opening:
+                    ticks[i] = _cpu_ticks(server.pid)
+                else:
+                    name = f"node {i}" + (" (leader)" if i == leader else "")
+                    used = (_cpu_ticks(server.pid) - ticks[i]) / CLK_TCK
+                    cpu[name] = 100.0 * used / args.duration
+
+        row = measure(cluster, "put", args.profile_clients, args, on_window=window)
+        path = root / f"node{leader}.prof"
+        _until(path.exists, STOP_TIMEOUT_S, "the leader's profile file")
+        time.sleep(0.5)  # let the file be written completely
+    raw: dict[Any, Any] = pstats.Stats(str(path)).stats  # type: ignore[attr-defined]
+    idle = 0.0
+    by_category: dict[str, float] = {}
+    functions = []
+    for func, entry in raw.items():
+        where = _where(func)
+        category = _category(where)
+        by_category[category] = by_category.get(category, 0.0) + entry[2]
+        if category.startswith("idle"):
+            idle += entry[2]
+        else:
+            functions.append((where, int(entry[1]), float(entry[2]), float(entry[3])))
+    functions.sort(key=lambda f: f[2], reverse=True)
+    categories = sorted(by_category.items(), key=lambda item: item[1], reverse=True)
+    return Profile(row, leader, args.duration, idle, functions[: args.profile_top], categories, cpu)
 
 
 # -- output ----------------------------------------------------------------------------------
@@ -841,20 +919,35 @@ def results_block(rows: list[Row], args: argparse.Namespace, started: str, argv:
 
 def profile_block(profile: Profile, args: argparse.Namespace) -> str:
     r = profile.row
+    total = sum(own for _, own in profile.categories) or 1.0
+    busy = total - profile.idle_s
+    cpu = ", ".join(f"{name} {share:.0f}%" for name, share in profile.cpu.items())
     lines = [
         (
-            f"Leader (node {profile.leader}) under cProfile, {args.profile_clients} clients "
-            f"writing for {args.duration:g} s (fsync on): {r.throughput:,.0f} writes/s, p50 "
-            f"{r.p50_ms:.2f} ms, p99 {r.p99_ms:.2f} ms while profiled (cProfile slows the "
-            f"process). {profile.total_s:.1f} s of profiled time on the main thread, "
-            "worker threads (fsync) not included. Top functions by own time:"
+            f"{args.profile_clients} clients writing for {args.duration:g} s to the fsync-on "
+            f"cluster, every node profiled with cProfile during the measured window only: "
+            f"{r.throughput:,.0f} writes/s, p50 {r.p50_ms:.2f} ms, p99 {r.p99_ms:.2f} ms while "
+            f"profiled (cProfile slows Python code down). CPU in the window (all threads, "
+            f"100% = one core): {cpu}; load average {r.load1:.2f}. The leader's event loop "
+            f"thread (node {profile.leader}; the fsync worker threads are not profiled) spent "
+            f"{profile.idle_s / total:.0%} of {total:.1f} s profiled waiting in epoll and "
+            f"{busy:.1f} s running Python, split by module:"
         ),
         "",
-        "| function | calls | own time | cumulative |",
+        "| where (leader, own time) | share of profiled time |",
+        "|---|---:|",
+    ]
+    for name, own in profile.categories:
+        lines.append(f"| {name} | {own / total:.1%} |")
+    lines += [
+        "",
+        "The most expensive functions of the leader (own time; cumulative includes callees):",
+        "",
+        "| function | calls | own | cumulative |",
         "|---|---:|---:|---:|",
     ]
     for where, calls, own, cum in profile.top:
-        lines.append(f"| `{where}` | {calls:,} | {own:.1%} | {cum:.1%} |")
+        lines.append(f"| `{where}` | {calls:,} | {own / total:.1%} | {cum / total:.1%} |")
     return "\n".join(lines)
 
 
@@ -923,6 +1016,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--profile-clients", type=int, default=16)
     parser.add_argument("--profile-top", type=int, default=20)
+    parser.add_argument(
+        "--profile-clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="cProfile's timer: wall clock (where latency goes) or the thread's CPU time",
+    )
     parser.add_argument(
         "--commit",
         help="measure phalanx as of this git revision (src/ exported to a temporary directory) "
