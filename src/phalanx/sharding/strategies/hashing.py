@@ -21,18 +21,22 @@ __all__ = ["JumpStrategy", "ModuloStrategy", "jump_hash"]
 
 _MASK64: Final = (1 << 64) - 1
 _LCG_MULTIPLIER: Final = 2862933555777941757
-_TWO_POW_31: Final = float(1 << 31)
+_TWO_POW_31: Final = 1 << 31
 
 
 def jump_hash(key_hash: int, buckets: int) -> int:
-    """The bucket in ``range(buckets)`` of a 64-bit ``key_hash`` (Lamping and Veach)."""
+    """The bucket in ``range(buckets)`` of a 64-bit ``key_hash`` (Lamping and Veach).
+
+    The paper's ``(b + 1) * (2**31 / ((key >> 33) + 1))`` is computed with integer floor
+    division: exact, and a little faster in Python than the floating-point original.
+    """
     if buckets < 1:
         raise ValueError(f"buckets: need at least 1, got {buckets}")
     bucket, candidate = -1, 0
     while candidate < buckets:
         bucket = candidate
         key_hash = (key_hash * _LCG_MULTIPLIER + 1) & _MASK64
-        candidate = int((bucket + 1) * (_TWO_POW_31 / float((key_hash >> 33) + 1)))
+        candidate = (bucket + 1) * _TWO_POW_31 // ((key_hash >> 33) + 1)
     return bucket
 
 

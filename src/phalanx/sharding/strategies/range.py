@@ -129,11 +129,14 @@ class RangeStrategy:
         return RangeStrategy(shards, bounds=bounds)
 
     def split_point(self, shard: str) -> bytes:
-        """The midpoint of ``shard``'s range (on the first eight bytes)."""
+        """The midpoint of ``shard``'s range: on the eight bytes after the prefix that its
+        low and high bounds share (so ``user:0000`` .. ``user:5000`` splits near
+        ``user:2``)."""
         low, high = self.range_of(shard)
-        start = _position(low)
-        end = _SPACE if high is None else _position(high)
-        middle = _to_bound((start + end) // 2)
+        shared = _common_prefix(low, high)
+        start = _position(low[len(shared) :])
+        end = _SPACE if high is None else _position(high[len(shared) :])
+        middle = shared + _to_bound((start + end) // 2)
         if not (middle > low and (high is None or middle < high)):
             raise BadRequest(f"{shard!r}'s range is too narrow to split at a midpoint")
         return middle
@@ -173,3 +176,14 @@ class RangeStrategy:
 
     def __repr__(self) -> str:
         return f"RangeStrategy(shards={len(self._shards)})"
+
+
+def _common_prefix(low: bytes, high: bytes | None) -> bytes:
+    if high is None:
+        return b""
+    size = 0
+    for a, b in zip(low, high, strict=False):
+        if a != b:
+            break
+        size += 1
+    return low[:size]

@@ -11,8 +11,9 @@ the same ring but skips shards that already hold ``ceil(load_factor * keys / sha
 so no shard ever exceeds ``load_factor`` times the mean. It has to count keys, so it
 remembers each key's placement (at most ``keys_max``; :meth:`BoundedLoadStrategy.release`
 forgets one): ``shard_for`` places a new key and answers placed keys from memory. Its
-``with_shards`` replays the placements in their original order on the new ring, which is
-deterministic, so two routers that saw the same keys agree.
+``with_shards`` replays the placements in their original order: a key stays on its shard
+unless that shard is gone or full under the new capacity, or the key's own point now belongs
+to an added shard. The replay is deterministic, so two routers that saw the same keys agree.
 """
 
 from __future__ import annotations
@@ -151,10 +152,9 @@ class BoundedLoadStrategy:
             return shard
         if len(self._placed) >= self.keys_max:
             raise TooLarge(f"bounded ring: keys_max ({self.keys_max}) keys already placed")
-        return self._place(raw)
+        return self._place(raw, self.capacity(len(self._placed) + 1))
 
-    def _place(self, raw: bytes) -> str:
-        cap = self.capacity(len(self._placed) + 1)
+    def _place(self, raw: bytes, cap: int) -> str:
         owners = self._ring.owners
         size = len(owners)
         index = self._ring.start(raw)
@@ -186,8 +186,19 @@ class BoundedLoadStrategy:
             vnodes=self.vnodes,
             keys_max=self.keys_max,
         )
-        for raw in self._placed:
-            moved._place(raw)
+        # A key stays where it is while its shard survives, has room under the new capacity,
+        # and the new ring does not hand the key's own point to an added shard; the others
+        # walk the new ring. That moves about what a plain ring moves, plus any overflow.
+        cap = moved.capacity(len(self._placed))
+        added = set(moved._shards) - set(self._shards)
+        loads = moved._loads
+        owners = moved._ring.owners
+        for raw, old in self._placed.items():
+            if old in loads and loads[old] < cap and owners[moved._ring.start(raw)] not in added:
+                loads[old] += 1
+                moved._placed[raw] = old
+            else:
+                moved._place(raw, cap)
         return moved
 
     def options(self) -> dict[str, Any]:
