@@ -1,0 +1,22 @@
+"""Chaos tooling: histories of client operations and the checkers that judge them.
+
+=====================  ==========================================================================
+module                 what it owns
+=====================  ==========================================================================
+``history``            :class:`Operation` records, the :class:`Recorder`, JSON-lines storage
+``loaders``            readers of Jepsen/Knossos logs and EDN operation maps
+``verdict``            the three-valued :class:`Verdict` and a checker's :class:`CheckResult`
+``models``             small pure sequential specifications: register, key-value, lock
+``linearizability``    the search of one partition (Wing & Gong, with Lowe's memoisation)
+``partition``          P-compositionality: split by key, check partitions in worker processes
+``report_html``        the self-contained HTML timeline of a violation
+``bank``               the bank checker: constant total, no negative balance
+``setcheck``           the set checker: lost, unexpected and stale elements
+``lockcheck``          the lock checker: fencing tokens increase, holders never overlap
+``monotonic``          monotonic reads per session
+``check``              one entry point per model name, used by ``phalanx chaos check``
+``generate``           seeded generators of histories, with planted anomalies
+=====================  ==========================================================================
+
+See ``docs/chaos.md``.
+"""
