@@ -468,6 +468,13 @@ class Row:
     def throughput(self) -> float:
         return self.ops / self.duration_s if self.duration_s else 0.0
 
+    @property
+    def server_us_per_op(self) -> float:
+        """CPU time of the three servers together per completed operation."""
+        if not self.ops:
+            return 0.0
+        return self.server_cpu / 100.0 * self.duration_s / self.ops * 1e6
+
 
 def _percentile(sorted_values: list[int], q: float) -> float:
     if not sorted_values:
@@ -520,7 +527,7 @@ def _spawn_workers(
             "endpoints": cluster.endpoints(),
             "clients": share,
             "op": op,
-            "keyspace": KEYSPACE,
+            "keyspace": args.keyspace,
             "warmup_s": args.warmup,
             "duration_s": args.duration,
             "ops_max": args.ops_max,
@@ -606,14 +613,14 @@ def measure(
     return row
 
 
-def populate(cluster: Cluster) -> None:
+def populate(cluster: Cluster, keyspace: int) -> None:
     """Write every key of the keyspace once, so that reads find a value."""
 
     async def fill() -> None:
         kind = _system_kind(cluster.name)
         conns = [cluster_loadgen.make_conn(kind, cluster.endpoints()) for _ in range(16)]
         value = b"p" * cluster_loadgen.VALUE_BYTES
-        keys = iter(range(KEYSPACE))
+        keys = iter(range(keyspace))
 
         async def writer(conn: cluster_loadgen.Conn) -> None:
             await conn.open()
@@ -638,14 +645,42 @@ def running(cluster: Cluster) -> Iterator[Cluster]:
         cluster.stop()
 
 
+def probe_fsync(directory: Path, count: int = 100) -> tuple[float, float]:
+    """p50 and p99 (ms) of appending 256 bytes to a file in ``directory`` plus fdatasync."""
+    path = directory / "fsync-probe"
+    latencies: list[float] = []
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
+    try:
+        for _ in range(count):
+            start = time.perf_counter()
+            os.write(fd, b"x" * 256)
+            os.fdatasync(fd)
+            latencies.append((time.perf_counter() - start) * 1000)
+    finally:
+        os.close(fd)
+        path.unlink()
+    latencies.sort()
+    return latencies[len(latencies) // 2], latencies[min(count - 1, round(0.99 * count) - 1)]
+
+
+#: fsync probe per system, measured just before its cluster starts: name -> (p50, p99) ms.
+FSYNC_PROBES: dict[str, tuple[float, float]] = {}
+
+
 def bench_system(name: str, args: argparse.Namespace, base: Path) -> list[Row]:
     rows: list[Row] = []
     root = base / name
     root.mkdir()
+    FSYNC_PROBES[name] = probe_fsync(root)
+    print(
+        f"{name}: disk write 256 B + fdatasync p50 {FSYNC_PROBES[name][0]:.2f} ms, "
+        f"p99 {FSYNC_PROBES[name][1]:.2f} ms",
+        flush=True,
+    )
     cluster = make_cluster(name, root, args)
     try:
         with running(cluster):
-            populate(cluster)
+            populate(cluster, args.keyspace)
             for clients in args.levels:
                 for op in ("put", "get"):
                     row = measure(cluster, op, clients, args)
@@ -730,7 +765,7 @@ def profile_phalanx(args: argparse.Namespace, base: Path) -> Profile:
     )
     cpu: dict[str, float] = {}
     with running(cluster):
-        populate(cluster)
+        populate(cluster, args.keyspace)
         leader = cluster.leader_id()
         ticks: dict[int, int] = {}
 
@@ -792,19 +827,22 @@ def results_table(rows: list[Row]) -> list[str]:
     lines = [
         (
             "| system | op | clients | ops/s | p50 ms | p99 ms | errors | generator CPU | "
-            "servers CPU | machine busy | load 1m |"
+            "servers CPU | servers CPU µs/op | machine busy | load 1m |"
         ),
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if r.op == "-":
-            lines.append(f"| {_label(r.system)} | — | — | — | — | — | — | — | — | — | {r.note} |")
+            lines.append(
+                f"| {_label(r.system)} | — | — | — | — | — | — | — | — | — | — | {r.note} |"
+            )
             continue
         op = "write" if r.op == "put" else "read (linearizable)"
         lines.append(
             f"| {_label(r.system)} | {op} | {r.clients} | {r.throughput:,.0f} | "
             f"{r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors + r.misses} | {r.gen_cpu:.0f}% | "
-            f"{r.server_cpu:.0f}% | {r.machine_busy:.0f}% | {r.load1:.2f} |"
+            f"{r.server_cpu:.0f}% | {r.server_us_per_op:,.0f} | {r.machine_busy:.0f}% | "
+            f"{r.load1:.2f} |"
         )
     return lines
 
@@ -900,7 +938,7 @@ def results_block(rows: list[Row], args: argparse.Namespace, started: str, argv:
         (
             f"- Measured: {started} UTC, {args.warmup:g} s warmup then {args.duration:g} s "
             f"measured per row; load generator in up to {args.procs} processes; keyspace "
-            f"{KEYSPACE} keys, 8-byte keys, 256-byte values; every request to the leader."
+            f"{args.keyspace} keys, 8-byte keys, 256-byte values; every request to the leader."
         ),
         (
             f"- Machine: {os.cpu_count()} CPUs shared by the three servers and the load generator "
@@ -909,6 +947,15 @@ def results_block(rows: list[Row], args: argparse.Namespace, started: str, argv:
         ),
         f"- Rerun: `{argv}`.",
     ]
+    if FSYNC_PROBES:
+        probes = "; ".join(
+            f"before {_label(name)} p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+            for name, (p50, p99) in FSYNC_PROBES.items()
+        )
+        lines.append(
+            f"- Disk, 100 appends of 256 bytes each followed by `fdatasync` in the clusters' "
+            f"temporary directory: {probes}."
+        )
     failed = [r for r in rows if r.note and r.op != "-"]
     for r in failed[:5]:
         lines.append(
@@ -1010,6 +1057,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--procs", type=int, default=2, help="load generator processes (default 2)")
     parser.add_argument("--tick-ms", type=int, default=100, help="Phalanx's Raft tick")
+    parser.add_argument(
+        "--keyspace", type=int, default=KEYSPACE, help="distinct keys written and read"
+    )
     parser.add_argument("--no-profile", action="store_true", help="skip the cProfile run")
     parser.add_argument(
         "--profile-only", action="store_true", help="only the cProfile run of Phalanx"
