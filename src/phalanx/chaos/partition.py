@@ -179,7 +179,7 @@ def _summarise(
         )
         where = "" if worst.key is None else f" (key {worst.key!r}, {worst.ops} operations)"
         return CheckResult(
-            checker="linearizable",
+            checker="linearizability",
             verdict=Verdict.INVALID,
             summary=f"not linearizable{where}: operation {worst.stuck_op} cannot be placed "
             f"after the first {worst.prefix_ops} completed operations",
@@ -191,14 +191,14 @@ def _summarise(
         reasons = sorted({r.reason for r in unknown})
         details["unknown_reasons"] = reasons
         return CheckResult(
-            checker="linearizable",
+            checker="linearizability",
             verdict=Verdict.UNKNOWN,
             summary=f"unknown: {len(unknown)} of {len(results)} partitions undecided "
             f"({'; '.join(reasons)})",
             details=details,
         )
     return CheckResult(
-        checker="linearizable",
+        checker="linearizability",
         verdict=Verdict.VALID,
         summary=f"linearizable ({len(results)} partitions, {ops} operations)",
         details=details,

@@ -16,12 +16,14 @@ def cli() -> None:
 def _register() -> None:
     # Subcommand modules are imported here so that ``phalanx --help`` lists them all.
     from phalanx.cli.breaker import breaker
+    from phalanx.cli.chaos import chaos
     from phalanx.cli.demo import demo
     from phalanx.cli.health import health
     from phalanx.cli.node import node
     from phalanx.cli.sim import sim
 
     cli.add_command(breaker)
+    cli.add_command(chaos)
     cli.add_command(demo)
     cli.add_command(health)
     cli.add_command(node)

@@ -1,0 +1,128 @@
+"""The lock checker: fencing tokens increase, and no two holders hold the lock at once.
+
+A lock workload runs ``acquire`` operations, whose ``ok`` output is the fencing token (an
+integer the lock service increases with every grant), and ``release`` operations whose input
+is the token being released. A *hold* is the time a client definitely held the lock: from the
+completion of its ``ok`` acquire to the invocation of the ``ok`` release of that token. When
+the release is missing, failed or unknown, the lock may have expired at any moment, so the
+hold is only the instant its acquire completed.
+
+Checked:
+
+- **token order**: an acquire that completed before another was invoked got a smaller
+  token; no token is granted twice;
+- **overlap**: ordered by token, each hold starts no earlier than the previous hold ended
+  (two holders never held the lock at the same time).
+
+At most :data:`BAD_OPS_LISTED_MAX` offending operations are listed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Final
+
+import msgspec
+
+from phalanx.chaos.history import HistoryError, Operation
+from phalanx.chaos.verdict import CheckResult, Verdict
+from phalanx.errors import Outcome
+
+__all__ = ["BAD_OPS_LISTED_MAX", "Hold", "check_lock", "holds"]
+
+#: How many offending operations a result lists (counts are always complete).
+BAD_OPS_LISTED_MAX: Final = 50
+
+
+class Hold(msgspec.Struct, frozen=True):
+    token: int
+    acquire_op: int
+    start_us: int
+    end_us: int
+    release_op: int | None
+
+
+def _token(op: Operation, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise HistoryError(f"operation {op.id}: a fencing token is an integer, not {value!r}")
+    return value
+
+
+def holds(ops: Sequence[Operation]) -> list[Hold]:
+    """The definite holds of a lock history, by token."""
+    releases: dict[int, Operation] = {}
+    for op in ops:
+        if op.f == "release" and op.outcome is Outcome.OK:
+            token = _token(op, op.input)
+            first = releases.get(token)
+            if first is None or op.invoke_us < first.invoke_us:
+                releases[token] = op
+    result = []
+    for op in ops:
+        if op.f != "acquire" or op.outcome is not Outcome.OK or op.complete_us is None:
+            continue
+        token = _token(op, op.output)
+        release = releases.get(token)
+        end_us = op.complete_us
+        if release is not None and release.invoke_us > op.complete_us:
+            end_us = release.invoke_us
+        result.append(
+            Hold(token, op.id, op.complete_us, end_us, None if release is None else release.id)
+        )
+    result.sort(key=lambda h: (h.token, h.start_us))
+    return result
+
+
+def check_lock(ops: Sequence[Operation]) -> CheckResult:
+    granted = holds(ops)
+    bad: set[int] = set()
+    duplicates = 0
+    overlaps = 0
+    for before, after in itertools.pairwise(granted):
+        if before.token == after.token:
+            duplicates += 1
+            bad.add(after.acquire_op)
+        elif after.start_us < before.end_us:
+            overlaps += 1
+            bad.add(after.acquire_op)
+    # Token order: an acquire completed before another was invoked has the smaller token.
+    acquires = [
+        op
+        for op in ops
+        if op.f == "acquire" and op.outcome is Outcome.OK and op.complete_us is not None
+    ]
+    by_invoke = sorted(acquires, key=lambda op: (op.invoke_us, op.id))
+    by_complete = sorted(acquires, key=lambda op: (op.complete_us or 0, op.id))
+    regressions = 0
+    highest = None
+    index = 0
+    for op in by_invoke:
+        while index < len(by_complete) and (by_complete[index].complete_us or 0) < op.invoke_us:
+            token = _token(by_complete[index], by_complete[index].output)
+            highest = token if highest is None else max(highest, token)
+            index += 1
+        if highest is not None and _token(op, op.output) <= highest:
+            regressions += 1
+            bad.add(op.id)
+    details: dict[str, object] = {
+        "holds": len(granted),
+        "overlaps": overlaps,
+        "duplicate_tokens": duplicates,
+        "token_regressions": regressions,
+    }
+    if bad:
+        return CheckResult(
+            checker="lock",
+            verdict=Verdict.INVALID,
+            summary=f"invalid: {overlaps} overlapping holds, {duplicates} duplicate tokens, "
+            f"{regressions} tokens not above an earlier grant",
+            details=details,
+            ops_bad=sorted(bad)[:BAD_OPS_LISTED_MAX],
+        )
+    return CheckResult(
+        checker="lock",
+        verdict=Verdict.VALID,
+        summary=f"valid: {len(granted)} holds, tokens increasing, no overlap",
+        details=details,
+    )
