@@ -175,16 +175,15 @@ async def test_a_hanging_shard_times_out_and_its_bulkhead_fills(urls: dict[str, 
         flaky[backend.name] = FlakyBackend(backend)
         return flaky[backend.name]
 
-    router = await make_router(
-        urls, wrap, timeout_s=0.05, concurrent_per_shard=1, queue_per_shard=0
-    )
+    router = await make_router(urls, wrap)
     try:
+        impatient = Router(router.shard_map, flaky, timeout_s=0.05)
         flaky["s0"].hang = True
         key = next(o[1] for o in ORDERS if router.shard_for(o[1]) == "s0")
         with pytest.raises(ShardUnavailable):  # a read that times out is simply unavailable
-            await router.fetch(key, "SELECT 1", ())
+            await impatient.fetch(key, "SELECT 1", ())
         with pytest.raises(Timeout):  # a write that times out may have happened
-            await router.execute(key, "UPDATE orders SET total = 0 WHERE id = -1")
+            await impatient.execute(key, "UPDATE orders SET total = 0 WHERE id = -1")
         # One call holding the only slot: the next is refused at once.
         router_long = Router(
             router.shard_map, flaky, timeout_s=5.0, concurrent_per_shard=1, queue_per_shard=0

@@ -79,8 +79,13 @@ class PostgresShardBackend:
     async def _shared(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed:
             conn = await self._connect()
-            async with conn.transaction():
-                await conn.execute(_META_SCHEMA)
+            try:
+                async with conn.transaction():
+                    await conn.execute(_META_SCHEMA)
+            except BaseException:
+                # Cancelled (a sibling shard failed, a time limit) or failed: do not leak it.
+                await asyncio.shield(conn.close())
+                raise
             self._conn = conn
         return self._conn
 
@@ -132,7 +137,7 @@ class PostgresShardBackend:
                     yield [tuple(r) for r in batch]
             await conn.rollback()
         finally:
-            await conn.close()
+            await asyncio.shield(conn.close())
 
     async def meta(self) -> dict[str, int]:
         async with self._lock:
