@@ -1,0 +1,255 @@
+"""Sharding strategies side by side: lookup time, load balance, keys moved on add and remove.
+
+For every strategy of :mod:`phalanx.sharding` and for uhashring (a consistent-hash ring, the
+usual Python choice), at 10, 100 and 1000 shards:
+
+- *lookup ns*: time of one ``shard_for(key)`` on keys already seen (the routing path), best
+  of ``--repeat`` timed passes over 20,000 keys, loop overhead included;
+- *max/mean* and *std-dev*: keys per shard over ``--keys`` keys, the largest shard against
+  the mean, and the standard deviation as a percentage of the mean. With K keys on N shards,
+  even a perfect random placement shows a std-dev of about sqrt(N/K) (the *noise floor*
+  column): a figure at the floor means "as balanced as sampling can tell";
+- *moved on add* and *moved on remove*: the fraction of keys whose shard changes when one
+  shard is appended or the middle one removed, as a multiple of the ideal (1/(N+1) and 1/N).
+
+Keys are ``user:<i>`` strings, except for ``range``, whose keys are 8-byte big-endian user
+ids spread evenly over the id space (a range map over text ids would need bounds fitted to
+the data, which is the rebalancer's job), and ``geo``, whose keys carry one of two region
+prefixes. Rendezvous costs O(N) per lookup, so at 1000 shards it runs on a tenth of the keys.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_sharding.py                       # print the table
+    .venv/bin/python benchmarks/bench_sharding.py --write docs/benchmarks.md
+    .venv/bin/python benchmarks/bench_sharding.py --quick               # seconds, rough
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import platform
+import statistics
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from phalanx.sharding import STRATEGY_NAMES, Strategy, strategy
+
+START_MARKER: Final = "<!-- bench_sharding:start -->"
+END_MARKER: Final = "<!-- bench_sharding:end -->"
+LOOKUP_KEYS: Final = 20_000
+TARGET_LOOKUP_NS: Final = 1_000.0
+TARGET_STDDEV_PCT: Final = 1.0
+TARGET_MOVED_RATIO: Final = 1.1
+BALANCED: Final = ("hash", "jump", "ring", "bounded", "rendezvous")
+
+Lookup = Callable[[object], str]
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    shards: int
+    keys: int
+    lookup_ns: float
+    max_over_mean: float
+    stddev_pct: float
+    floor_pct: float
+    moved_add: float
+    moved_remove: float
+
+
+class UhashringAdapter:
+    """uhashring's HashRing behind the same three calls."""
+
+    name = "uhashring"
+
+    def __init__(self, shards: Sequence[str]) -> None:
+        from uhashring import HashRing
+
+        self.shards = tuple(shards)
+        self.ring = HashRing(nodes=list(shards))
+        self.shard_for: Lookup = self.ring.get_node
+
+    def with_shards(self, new_shards: Sequence[str]) -> UhashringAdapter:
+        return UhashringAdapter(new_shards)
+
+
+def shard_names(name: str, count: int) -> list[str]:
+    if name == "geo":
+        return [f"{'eu' if i % 2 else 'us'}/{i}" for i in range(count)]
+    return [f"s{i}" for i in range(count)]
+
+
+def make_keys(name: str, count: int) -> list[object]:
+    if name == "range":
+        step = (1 << 64) // count
+        return [(i * step).to_bytes(8, "big") for i in range(count)]
+    if name == "geo":
+        return [f"{'eu' if i % 2 else 'us'}:user:{i}" for i in range(count)]
+    return [f"user:{i}" for i in range(count)]
+
+
+def build(name: str, shards: list[str]) -> Strategy | UhashringAdapter:
+    if name == "uhashring":
+        return UhashringAdapter(shards)
+    if name == "directory":
+        return strategy(name, shards, store="memory:")
+    return strategy(name, shards)
+
+
+def time_lookups(lookup: Lookup, keys: Sequence[object], repeat: int) -> float:
+    for key in keys:  # warm caches (and place keys for the stateful strategies)
+        lookup(key)
+    best = math.inf
+    gc.disable()
+    try:
+        for _ in range(repeat):
+            started = time.perf_counter_ns()
+            for key in keys:
+                lookup(key)
+            best = min(best, (time.perf_counter_ns() - started) / len(keys))
+    finally:
+        gc.enable()
+    return best
+
+
+def fraction_moved(before: Sequence[str], after: Lookup, keys: Sequence[object]) -> float:
+    return sum(1 for key, old in zip(keys, before, strict=True) if after(key) != old) / len(keys)
+
+
+def measure(name: str, count: int, keys_total: int, repeat: int) -> Row:
+    if name == "rendezvous" and count >= 1000:
+        keys_total //= 10
+    shards = shard_names(name, count)
+    keys = make_keys(name, keys_total)
+    built = build(name, shards)
+    lookup_ns = time_lookups(built.shard_for, keys[:LOOKUP_KEYS], repeat)
+    placed = [built.shard_for(key) for key in keys]
+    loads = Counter(placed)
+    per_shard = [loads.get(s, 0) for s in shards]
+    mean = keys_total / count
+    extra = "eu/new" if name == "geo" else "new"
+    grown = built.with_shards([*shards, extra])
+    moved_add = fraction_moved(placed, grown.shard_for, keys)
+    removed = shards[count // 2]
+    shrunk = built.with_shards([s for s in shards if s != removed])
+    moved_remove = fraction_moved(placed, shrunk.shard_for, keys)
+    if name == "geo":
+        # Only the region that grew can move: its ideal share is 1/(N_region + 1) of its keys.
+        region_count = sum(1 for s in shards if s.startswith("eu/"))
+        ideal_add = 0.5 / (region_count + 1)
+    else:
+        ideal_add = 1 / (count + 1)
+    return Row(
+        name=name,
+        shards=count,
+        keys=keys_total,
+        lookup_ns=lookup_ns,
+        max_over_mean=max(per_shard) / mean,
+        stddev_pct=100 * statistics.pstdev(per_shard) / mean,
+        floor_pct=100 * math.sqrt(count / keys_total),
+        moved_add=moved_add / ideal_add,
+        moved_remove=moved_remove / (1 / count),
+    )
+
+
+def section(rows: list[Row], command: str, keys_total: int, repeat: int) -> str:
+    lines = [
+        "## Sharding",
+        "",
+        (
+            f"Measured with `{command}` on CPython {platform.python_version()}, "
+            f"{platform.machine()}, one process; {keys_total:,} keys per case (see "
+            "`benchmarks/bench_sharding.py` for the method), lookups best of "
+            f"{repeat} passes over {LOOKUP_KEYS:,} keys. Moved figures are multiples of the "
+            "ideal (1/(N+1) of the keys on add, 1/N on remove); std-dev is a percentage of the "
+            "mean load, next to the noise floor of random placement with that many keys."
+        ),
+        "",
+        (
+            "| strategy | shards | keys | lookup ns | max/mean | std-dev % | noise floor % "
+            "| moved on add (x ideal) | moved on remove (x ideal) |"
+        ),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines.extend(
+        f"| {r.name} | {r.shards} | {r.keys:,} | {r.lookup_ns:,.0f} | {r.max_over_mean:.3f} "
+        f"| {r.stddev_pct:.2f} | {r.floor_pct:.2f} | {r.moved_add:.2f} | {r.moved_remove:.2f} |"
+        for r in rows
+    )
+    lines.extend(["", *verdicts(rows)])
+    return "\n".join(lines)
+
+
+def verdicts(rows: list[Row]) -> list[str]:
+    fast = [r for r in rows if r.shards == 1000 and r.lookup_ns < TARGET_LOOKUP_NS]
+    big = [r for r in rows if r.shards == 1000]
+    balanced = [r for r in big if r.name in BALANCED]
+    within = [r for r in balanced if r.stddev_pct <= max(TARGET_STDDEV_PCT, 1.1 * r.floor_pct)]
+    minimal = [r for r in big if r.name in {"jump", "ring", "rendezvous"}]
+    minimal_ok = [r for r in minimal if r.moved_add <= TARGET_MOVED_RATIO]
+    names = ", ".join
+    return [
+        (
+            f"- Lookup under {TARGET_LOOKUP_NS:,.0f} ns at 1000 shards: "
+            f"{names(r.name for r in fast) or 'none'} (of {len(big)})."
+        ),
+        (
+            f"- Balance at 1000 shards within the target ({TARGET_STDDEV_PCT:.0f}% std-dev, or "
+            "the sampling floor when that is higher): "
+            f"{names(r.name for r in within) or 'none'} (of {names(r.name for r in balanced)})."
+        ),
+        (
+            f"- Keys moved on add within {TARGET_MOVED_RATIO}x of 1/(N+1) at 1000 shards: "
+            f"{names(r.name for r in minimal_ok) or 'none'} (of {names(r.name for r in minimal)})."
+        ),
+    ]
+
+
+def write_markdown(path: Path, text: str) -> None:
+    doc = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    if START_MARKER not in doc or END_MARKER not in doc:
+        doc = doc.rstrip("\n") + f"\n\n{START_MARKER}\n{END_MARKER}\n"
+    head, rest = doc.split(START_MARKER, 1)
+    _, tail = rest.split(END_MARKER, 1)
+    path.write_text(f"{head}{START_MARKER}\n{text}\n{END_MARKER}{tail}", encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="few keys, 10 and 100 shards")
+    parser.add_argument("--keys", type=int, default=200_000, help="keys per case")
+    parser.add_argument("--repeat", type=int, default=5, help="timed lookup passes")
+    parser.add_argument("--write", type=Path, default=None, help="rewrite the section in FILE")
+    args = parser.parse_args(argv)
+    counts = (10, 100) if args.quick else (10, 100, 1000)
+    keys_total = 5_000 if args.quick else args.keys
+    repeat = 1 if args.quick else max(1, args.repeat)
+    rows = []
+    for name in (*STRATEGY_NAMES, "uhashring"):
+        for count in counts:
+            row = measure(name, count, keys_total, repeat)
+            rows.append(row)
+            print(
+                f"{name:11s} {count:5d} {row.lookup_ns:8.0f} ns  max/mean "
+                f"{row.max_over_mean:.3f}  sd {row.stddev_pct:5.2f}%  add "
+                f"{row.moved_add:.2f}x  remove {row.moved_remove:.2f}x",
+                file=sys.stderr,
+            )
+    command = "python benchmarks/bench_sharding.py --write docs/benchmarks.md"
+    text = section(rows, command, keys_total, repeat)
+    print(text)
+    if args.write is not None:
+        write_markdown(args.write, text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
