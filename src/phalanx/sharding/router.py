@@ -16,7 +16,10 @@ other shards answered with ``partial=True`` and the failed shards named.
 Stale maps. Each call carries the map version; a shard fenced at a newer version refuses it
 (:class:`~phalanx.sharding.StaleShardMap`). The router then asks ``reload`` for the current
 map (and refreshes a directory strategy's cache), adopts it, and routes again, at most
-:data:`STALE_RETRIES_MAX` times.
+:data:`STALE_RETRIES_MAX` times. When the shard is fenced but no newer map is published yet
+(a cut-over is between its fence and its publication) the router waits, with pauses from
+:data:`STALE_PAUSE_S_MIN` doubling to :data:`STALE_PAUSE_S_MAX`, for at most
+``stale_wait_s``: during a cut-over writes are delayed, not failed.
 
 Cross-shard writes. :meth:`Router.write` runs statements for several keys. When they all land
 on one shard they run in one local transaction. When they span shards the router refuses
@@ -63,6 +66,9 @@ __all__ = ["POLICIES", "STALE_RETRIES_MAX", "QueryResult", "Router", "RouterStat
 POLICIES: Final = ("fail", "partial")
 #: Times one call re-routes after a stale-map refusal before giving up.
 STALE_RETRIES_MAX: Final = 3
+#: First and longest pause while a shard is fenced and the next map is not yet published.
+STALE_PAUSE_S_MIN: Final = 0.002
+STALE_PAUSE_S_MAX: Final = 0.05
 #: Largest batch of rows one streamed shard read returns.
 BATCH_ROWS_DEFAULT: Final = 1_000
 
@@ -121,6 +127,7 @@ class Router:
         queue_wait_s: float = 1.0,
         batch_rows: int = BATCH_ROWS_DEFAULT,
         schema_versions: tuple[int, int] | None = None,
+        stale_wait_s: float = 5.0,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         if policy not in POLICIES:
@@ -129,6 +136,7 @@ class Router:
         self.timeout_s = timeout_s
         self.batch_rows = batch_rows
         self.schema_versions = schema_versions
+        self.stale_wait_s = stale_wait_s
         self._backends = dict(backends)
         self._reload = reload
         self._clock = clock
@@ -231,19 +239,32 @@ class Router:
     async def _routed(
         self, key: Key, work: Callable[[ShardBackend, Guard], Awaitable[T]], *, read: bool
     ) -> T:
-        for attempt in range(STALE_RETRIES_MAX + 1):
+        waited_s = 0.0
+        pause_s = STALE_PAUSE_S_MIN
+        reroutes = 0
+        while True:
             shard = self.strategy.shard_for(key)
             backend, guard = self._backends[shard], self._guard()
             try:
                 return await self._call(shard, functools.partial(work, backend, guard), read=read)
             except StaleShardMap:
                 self._stale += 1
-                if attempt == STALE_RETRIES_MAX or (
-                    self._reload is None and not isinstance(self.strategy, DirectoryStrategy)
-                ):
+                if self._reload is None and not isinstance(self.strategy, DirectoryStrategy):
                     raise
+                before = self.shard_map.version
                 await self.refresh()
-        raise AssertionError("unreachable")  # pragma: no cover
+                if self.shard_map.version > before:
+                    reroutes += 1
+                    if reroutes > STALE_RETRIES_MAX:
+                        raise
+                    continue
+                # Fenced, but the next map is not published yet: a cut-over is in progress.
+                # Wait for it (the caller sees a slow write, not a failed one), within bounds.
+                if waited_s >= self.stale_wait_s:
+                    raise
+                await self._clock.asleep(pause_s)
+                waited_s += pause_s
+                pause_s = min(pause_s * 2, STALE_PAUSE_S_MAX)
 
     async def run(self, key: Key, statements: Sequence[Statement]) -> list[int]:
         """Run ``statements`` in one transaction on ``key``'s shard; their row counts."""
