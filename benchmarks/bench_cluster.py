@@ -853,6 +853,10 @@ def _find(rows: list[Row], system: str, op: str, clients: int) -> Row | None:
     )
 
 
+def _clients(n: int) -> str:
+    return f"{n} client" if n == 1 else f"{n} clients"
+
+
 def targets(rows: list[Row], levels: list[int]) -> list[str]:
     lines: list[str] = []
 
@@ -864,10 +868,14 @@ def targets(rows: list[Row], levels: list[int]) -> list[str]:
     parts = []
     for n in levels:
         ours = tput("phalanx-fsync", "put", n)
-        peers = [t for t in (tput("pysyncobj", "put", n), tput("pysyncobj-nobatch", "put", n)) if t]
+        default = tput("pysyncobj", "put", n)
+        peers = [t for t in (default, tput("pysyncobj-nobatch", "put", n)) if t]
         if ours and peers:
             ratio = ours / max(peers)
-            parts.append(f"{n} clients {ratio:.2f}x ({'met' if ratio >= 2 else 'missed'})")
+            text = f"{_clients(n)} {ratio:.2f}x ({'met' if ratio >= 2 else 'missed'}"
+            if default:
+                text += f"; {ours / default:.2f}x its default setting"
+            parts.append(text + ")")
     if parts:
         lines.append(
             "- Target >= 2x PySyncObj's write throughput with fsync on (Phalanx, fsync against "
