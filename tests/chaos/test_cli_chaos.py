@@ -85,3 +85,13 @@ def test_phalanx_help_lists_chaos() -> None:
     _register()
     result = CliRunner().invoke(cli, ["--help"])
     assert "chaos" in result.output
+
+
+def test_simulator_histories_check_as_kv(tmp_path: Path) -> None:
+    path = tmp_path / "sim.jsonl"
+    _register()
+    simulated = CliRunner().invoke(cli, ["sim", "--seed", "3", "--history", str(path)])
+    assert simulated.exit_code == 0, simulated.output
+    result = run("--model", "kv", str(path))
+    assert result.exit_code == 0, result.output
+    assert ": linearizable" in result.output

@@ -33,3 +33,9 @@ def test_planted_anomaly_is_caught(anomaly: Anomaly, seed: int) -> None:
     failure = report.smallest_failure()
     assert failure is not None
     assert failure.key == ops[planted.op_id].key
+    # The operations invoked before the stuck point are a witness on their own.
+    partition = [op for op in ops if op.key == failure.key]
+    stuck = next(op for op in partition if op.id == failure.stuck_op)
+    window = [op for op in partition if op.invoke_us <= (stuck.complete_us or 0)]
+    assert len(window) <= failure.ops
+    assert check_linearizable(window, KVModel()).result.verdict is Verdict.INVALID

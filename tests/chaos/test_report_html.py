@@ -1,6 +1,7 @@
 """The HTML timeline of a violation: self-contained, one lane per process, culprit marked."""
 
 import re
+from xml.etree import ElementTree
 
 import pytest
 
@@ -27,6 +28,14 @@ def test_timeline_is_self_contained() -> None:
     assert "t&lt;1&gt;" in page  # text is escaped
     assert not re.search(r"<script|<link|src=|@import|url\(http", page)
     assert re.findall(r"https?://[^\"]+", page) == ["http://www.w3.org/2000/svg"]
+
+
+def test_timeline_svg_is_well_formed() -> None:
+    _, page = _violation()
+    svg = re.search(r"<svg.*</svg>", page, re.DOTALL)
+    assert svg is not None
+    root = ElementTree.fromstring(svg.group(0))
+    assert root.tag == "{http://www.w3.org/2000/svg}svg"
 
 
 def test_timeline_has_a_lane_per_process_and_marks_the_culprit() -> None:

@@ -66,6 +66,9 @@ class PartitionResult(msgspec.Struct, kw_only=True):
     ``linearization`` (op ids, in linearization order) and ``stuck_op`` are filled for an
     invalid verdict: the longest partial linearization found and the operation whose return
     it could not get past. ``prefix_ops`` is how many operations returned before that return.
+    ``witness_ops`` is how many operations were invoked before it: the search never looked
+    past that point, so those operations alone are already not linearizable (a smaller
+    witness than the partition).
     ``reason`` says why a verdict is unknown.
     """
 
@@ -76,6 +79,7 @@ class PartitionResult(msgspec.Struct, kw_only=True):
     linearization: list[int] = msgspec.field(default_factory=list)
     stuck_op: int | None = None
     prefix_ops: int = 0
+    witness_ops: int = 0
     reason: str = ""
     cache_entries: int = 0
     steps: int = 0
@@ -235,11 +239,13 @@ def search(  # noqa: PLR0912, PLR0915
 
     stuck = op_of[best_node]
     prefix = sum(1 for node in range(1, best_node) if not is_call[node])
+    witness = sum(1 for node in range(1, best_node) if is_call[node])
     return finish(
         Verdict.INVALID,
         linearization=[prepared[i][0].id for i in best_stack],
         stuck_op=prepared[stuck][0].id,
         prefix_ops=prefix,
+        witness_ops=witness,
         cache_entries=len(cache),
         steps=counter,
     )

@@ -187,6 +187,7 @@ def _summarise(
             failing_partition_ops=worst.ops,
             stuck_op=worst.stuck_op,
             prefix_ops=worst.prefix_ops,
+            witness_ops=worst.witness_ops,
             linearized_ops=len(worst.linearization),
         )
         where = "" if worst.key is None else f" (key {worst.key!r}, {worst.ops} operations)"
