@@ -55,6 +55,7 @@ from phalanx.sharding.errors import (
     ShardUnavailable,
     StaleShardMap,
 )
+from phalanx.sharding.hot import LoadTracker
 from phalanx.sharding.keys import Key
 from phalanx.sharding.query import Aggregate, AggregateMerger, Select, merge_sorted
 from phalanx.sharding.shardmap import ShardMap
@@ -128,6 +129,7 @@ class Router:
         batch_rows: int = BATCH_ROWS_DEFAULT,
         schema_versions: tuple[int, int] | None = None,
         stale_wait_s: float = 5.0,
+        load_tracker: LoadTracker | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         if policy not in POLICIES:
@@ -137,6 +139,7 @@ class Router:
         self.batch_rows = batch_rows
         self.schema_versions = schema_versions
         self.stale_wait_s = stale_wait_s
+        self.load_tracker = load_tracker
         self._backends = dict(backends)
         self._reload = reload
         self._clock = clock
@@ -220,6 +223,8 @@ class Router:
         """``fn`` inside the shard's bulkhead and time limit; errors made typed."""
         bulkhead, limiter = self._policies(shard)
         self._calls[shard] += 1
+        if self.load_tracker is not None:
+            self.load_tracker.record(shard)
         try:
             return await bulkhead.acall(limiter.acall, fn)
         except StaleShardMap:
