@@ -48,8 +48,9 @@ __all__ = [
 
 #: Operations one partition may hold (after the model drops the ones that cannot matter).
 PARTITION_OPS_MAX: Final = 200_000
-#: Configurations (linearized set, state) remembered by one search.
-CACHE_ENTRIES_MAX: Final = 2_000_000
+#: Configurations (linearized set, state) remembered by one search: about 250 bytes each
+#: in the histories measured, so about 250 MB per search at the bound.
+CACHE_ENTRIES_MAX: Final = 1_000_000
 #: The search reads the clock once per this many steps.
 DEADLINE_CHECK_EVERY: Final = 1024
 _BITS_PRECOMPUTED_MAX: Final = 4096
