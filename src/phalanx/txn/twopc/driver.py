@@ -389,6 +389,12 @@ class Transaction:
             if isinstance(effect, LogDecision):
                 out += self._log_decision(machine, effect)
             elif isinstance(effect, SendDecision):
+                if effect.participant in self._in_flight:
+                    # Its prepare is still running: the callback set on it rolls it back
+                    # when it ends (only an abort can be decided while a vote is missing).
+                    invariant(effect.decision is Decision.ABORT, f"{self.gid}: commit unvoted")
+                    out += machine.on_done(effect.participant)
+                    continue
                 try:
                     self._branches[effect.participant].finish(effect.decision)
                 except Exception:

@@ -261,5 +261,10 @@ class SqliteBranch:
 
 
 def _decode(redo: bytes) -> list[_Statement]:
-    raw = msgspec.msgpack.decode(redo, type=list[tuple[str, list[Param]]])
-    return [(sql, tuple(params)) for sql, params in raw]
+    # Untyped decoding: msgpack keeps str and bytes apart, which a typed union cannot.
+    raw = msgspec.msgpack.decode(redo)
+    statements: list[_Statement] = []
+    for sql, params in raw:
+        invariant(isinstance(sql, str) and isinstance(params, list), "2pc redo: bad record")
+        statements.append((sql, tuple(params)))
+    return statements
