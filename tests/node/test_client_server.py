@@ -14,6 +14,7 @@ import pytest
 from loopback import free_ports
 from phalanx.client import AsyncClient
 from phalanx.errors import BadRequest, TooLarge
+from phalanx.kv import Put
 from phalanx.net.framing import WIRE_VERSION, FrameDecoder, FrameType
 from phalanx.node import RaftNode
 from phalanx.node.client_protocol import (
@@ -97,10 +98,10 @@ async def test_client_follows_redirects_and_reads(tmp_path: Path) -> None:
                 await client.put(b"k", b"x" * (1024 * 1024 + 1))
 
         # A raw request to a follower: NotLeader names the leader's client address.
-        request = encode_request(ClientRequest(7, "put", b"b", b"2"))
+        request = encode_request(ClientRequest(7, "propose", command=Put(b"b", b"2")))
         reader, writer = await asyncio.open_connection(*address(follower))
         try:
-            writer.write(request + encode_request(ClientRequest(8, "scan", b"b")))
+            writer.write(request + encode_request(ClientRequest(8, "scan")))
             decoder = FrameDecoder(CLIENT_FRAME_BYTES_MAX)
             answers: dict[int, ClientResponse] = {}
             async with asyncio.timeout(DEADLINE_S):

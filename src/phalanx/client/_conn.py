@@ -7,6 +7,8 @@ import contextlib
 import itertools
 from typing import Final
 
+import msgspec
+
 from phalanx.errors import Indeterminate, Timeout, Unavailable
 from phalanx.net.framing import Frame, FrameDecoder, FrameError, FrameType, MalformedFrame
 from phalanx.node.client_protocol import (
@@ -21,6 +23,8 @@ __all__ = ["Connection"]
 
 Address = tuple[str, int]
 _READ_BYTES: Final = 65536
+#: Responses of one stream (a watch) buffered for a consumer that has not read them yet.
+STREAM_QUEUE_MAX: Final = 1024
 
 
 class Connection:
@@ -31,6 +35,7 @@ class Connection:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._pending: dict[int, asyncio.Future[ClientResponse]] = {}
+        self._streams: dict[int, asyncio.Queue[ClientResponse | BaseException]] = {}
         self._ids = itertools.count(1)
         self._receiver: asyncio.Task[None] | None = None
         self._lost: BaseException | None = None
@@ -49,20 +54,16 @@ class Connection:
             raise Unavailable(f"cannot connect to {host}:{port}: {exc or 'timed out'}") from exc
         self._receiver = asyncio.create_task(self._receive(self._reader))
 
-    async def request(
-        self, op: str, key: bytes, value: bytes | None, linearizable: bool, timeout_s: float
-    ) -> ClientResponse:
-        """Send one request and wait for its response.
+    async def request(self, request: ClientRequest, timeout_s: float) -> ClientResponse:
+        """Send ``request`` (its ``id`` is replaced) and wait for its response.
 
         Raises ``Unavailable`` when the connection was already lost before the request was
         written (nothing was sent), ``Indeterminate`` when it is lost after, and ``Timeout``
         when no response comes within ``timeout_s``.
         """
-        writer = self._writer
-        if writer is None or not self.usable:
-            raise Unavailable(f"connection to {self._where()} is closed")
+        writer = self._writable()
         request_id = next(self._ids)
-        frame = encode_request(ClientRequest(request_id, op, key, value, linearizable))
+        frame = encode_request(msgspec.structs.replace(request, id=request_id))
         future: asyncio.Future[ClientResponse] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
@@ -83,6 +84,48 @@ class Connection:
         finally:
             self._pending.pop(request_id, None)
 
+    def open_stream(
+        self, request: ClientRequest
+    ) -> tuple[int, asyncio.Queue[ClientResponse | BaseException]]:
+        """Send a streaming request (a watch); its responses arrive on the returned queue,
+        and a lost connection puts the error there. ``Unavailable`` if already lost."""
+        writer = self._writable()
+        request_id = next(self._ids)
+        queue: asyncio.Queue[ClientResponse | BaseException] = asyncio.Queue()
+        self._streams[request_id] = queue
+        writer.write(encode_request(msgspec.structs.replace(request, id=request_id)))
+        return request_id, queue
+
+    def close_stream(self, request_id: int) -> None:
+        """Stop routing a stream's responses and ask the node to end it."""
+        if self._streams.pop(request_id, None) is not None and self.usable:
+            writer = self._writable()
+            writer.write(
+                encode_request(ClientRequest(next(self._ids), "cancel", watch_id=request_id))
+            )
+
+    def _route(
+        self,
+        request_id: int,
+        stream: asyncio.Queue[ClientResponse | BaseException],
+        response: ClientResponse,
+    ) -> None:
+        if stream.qsize() < STREAM_QUEUE_MAX:
+            stream.put_nowait(response)
+            return
+        # The consumer fell behind: end the stream rather than buffer without bound; a
+        # watch resumes from the last revision it saw.
+        self.close_stream(request_id)
+        stream.put_nowait(
+            Unavailable(f"stream {request_id} fell {STREAM_QUEUE_MAX} responses behind")
+        )
+
+    def _writable(self) -> asyncio.StreamWriter:
+        writer = self._writer
+        if writer is None or not self.usable:
+            raise Unavailable(f"connection to {self._where()} is closed")
+        return writer
+
     async def _receive(self, reader: asyncio.StreamReader) -> None:
         decoder = FrameDecoder(CLIENT_FRAME_BYTES_MAX)
         error: BaseException
@@ -95,8 +138,11 @@ class Connection:
                 for frame in decoder.feed(data):
                     response = _response_of(frame)
                     future = self._pending.get(response.id)
+                    stream = self._streams.get(response.id)
                     if future is not None and not future.done():
                         future.set_result(response)
+                    elif stream is not None:
+                        self._route(response.id, stream, response)
                     elif response.id == 0 and response.error is not None:
                         error = ConnectionResetError(
                             f"the node refused the stream: {response.error.message}"
@@ -111,11 +157,13 @@ class Connection:
 
     def _fail(self, error: BaseException) -> None:
         self._lost = error
+        lost = ConnectionResetError(f"connection to {self._where()} lost: {error}")
         for future in self._pending.values():
             if not future.done():
-                future.set_exception(
-                    ConnectionResetError(f"connection to {self._where()} lost: {error}")
-                )
+                future.set_exception(lost)
+        for stream in self._streams.values():
+            stream.put_nowait(lost)
+        self._streams.clear()
         if self._writer is not None:
             self._writer.close()
 

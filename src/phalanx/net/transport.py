@@ -390,6 +390,10 @@ class PeerTransport:
         if peer_id <= 0 or peer_id == self.node_id:
             raise ValueError(f"peer id: must be > 0 and not this node's id, got {peer_id}")
 
+    def peers(self) -> dict[int, Address]:
+        """The peers this transport talks to, and where."""
+        return {peer_id: peer.address for peer_id, peer in self._peers.items()}
+
     def add_peer(self, peer_id: int, address: Address) -> None:
         """Start talking to ``peer_id`` at ``address`` (a new address redials)."""
         self._check_peer(peer_id)

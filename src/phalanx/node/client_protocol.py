@@ -30,15 +30,31 @@ from phalanx.errors import (
     TooLarge,
     Unavailable,
 )
+from phalanx.kv.commands import Command, Range
+from phalanx.kv.errors import (
+    Compacted,
+    FutureRevision,
+    LeaseNotFound,
+    SequenceDiscarded,
+    SessionBusy,
+    SessionExpired,
+    TooManyWatchers,
+)
+from phalanx.kv.responses import Response
+from phalanx.kv.watch import Event
 from phalanx.net.framing import FrameType, MalformedFrame, encode_raw_frame
 
 __all__ = [
     "CLIENT_FRAME_BYTES_MAX",
     "CLIENT_INFLIGHT_MAX",
     "ERROR_TYPES",
+    "OPS",
     "ClientRequest",
     "ClientResponse",
     "ErrorBody",
+    "MemberChange",
+    "MemberInfo",
+    "NodeStatus",
     "decode_request",
     "decode_response",
     "encode_request",
@@ -70,41 +86,114 @@ ERROR_TYPES: Final[dict[str, type[PhalanxError]]] = {
     "Conflict": Conflict,
     "Rejected": Rejected,
     "Indeterminate": Indeterminate,
+    "Compacted": Compacted,
+    "FutureRevision": FutureRevision,
+    "LeaseNotFound": LeaseNotFound,
+    "SessionExpired": SessionExpired,
+    "SequenceDiscarded": SequenceDiscarded,
+    "SessionBusy": SessionBusy,
+    "TooManyWatchers": TooManyWatchers,
     "Internal": Indeterminate,
 }
 _BY_CLASS: Final = {cls: name for name, cls in ERROR_TYPES.items() if name != "Internal"}
 
 
+#: The ops a client may send. ``propose`` carries a command for the log; ``range`` reads;
+#: ``watch`` streams events until ``cancel``; ``status`` describes the node; ``member``
+#: changes the membership; ``transfer`` hands leadership to another voter.
+OPS: Final = ("propose", "range", "watch", "cancel", "status", "member", "transfer")
+
+
+class MemberChange(msgspec.Struct, frozen=True, omit_defaults=True):
+    """``action`` is ``"add"`` (a learner: it catches up without voting), ``"promote"`` (a
+    learner becomes a voter), ``"add_voter"`` or ``"remove"``. ``peer`` and ``client`` are
+    the new member's addresses as ``"host:port"`` (required to add)."""
+
+    action: str
+    node_id: int
+    peer: str = ""
+    client: str = ""
+
+
 class ClientRequest(msgspec.Struct, frozen=True, omit_defaults=True):
-    """``op`` is ``"put"`` or ``"get"``; ``value`` is required for a put; ``linearizable``
-    (default true) chooses a ReadIndex read over a local, possibly stale one."""
+    """One request. Which fields matter depends on ``op`` (see :data:`OPS`):
+
+    - ``propose``: ``command``; with a session, ``client_id``, ``seq`` and ``acked_seq``
+      (Raft thesis 6.3: a retried request with the same ``seq`` is applied once);
+    - ``range``: ``range``; ``linearizable`` (default true) chooses a ReadIndex read over a
+      local one, which may be stale and says so;
+    - ``watch``: ``range`` names the key or range and ``range.revision`` the first revision
+      wanted (0: from now); the node answers with a stream of responses carrying this
+      request's ``id`` until ``cancel`` names it in ``watch_id``;
+    - ``member``: ``member``; ``transfer``: ``node_id`` (0: the most up-to-date voter).
+    """
 
     id: int
     op: str
-    key: bytes
-    value: bytes | None = None
+    command: Command | None = None
+    client_id: int = 0
+    seq: int = 0
+    acked_seq: int = 0
+    range: Range | None = None
     linearizable: bool = True
+    watch_id: int = 0
+    member: MemberChange | None = None
+    node_id: int = 0
 
 
 class ErrorBody(msgspec.Struct, frozen=True, omit_defaults=True):
     """``type`` is a key of :data:`ERROR_TYPES`. For ``NotLeader``, ``leader_hint`` is the
     leader's client address as ``"host:port"`` when the node knows it, and ``leader_id`` its
-    node id (0 when no leader is known)."""
+    node id (0 when no leader is known). For ``Compacted``, ``compact_revision``."""
 
     type: str
     message: str = ""
     leader_hint: str | None = None
     leader_id: int = 0
+    compact_revision: int = 0
+
+
+class MemberInfo(msgspec.Struct, frozen=True, omit_defaults=True):
+    node_id: int
+    peer: str = ""
+    client: str = ""
+    learner: bool = False
+
+
+class NodeStatus(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What one node knows of itself and the cluster."""
+
+    node_id: int
+    role: str
+    term: int
+    leader: int
+    commit_index: int
+    applied_index: int
+    last_index: int
+    revision: int
+    members: tuple[MemberInfo, ...] = ()
+    cluster_id: str = ""
 
 
 class ClientResponse(msgspec.Struct, frozen=True, omit_defaults=True):
-    """Exactly one of ``ok`` (true) and ``error`` is set. A put answers ``revision``; a get
-    answers ``value`` (absent when the key is absent)."""
+    """Exactly one of ``ok`` (true) and ``error`` is set.
+
+    ``result`` is the state machine's answer to a ``propose`` or ``range``; a ``range``
+    served without ReadIndex sets ``stale`` (it may miss recent writes). A ``watch`` answers
+    first with ``watch_id``, the revision it starts from (``start_revision``) and no events,
+    then with batches of ``events`` in revision order;
+    a watch that ends by itself sends a last response with ``error`` (``Compacted`` when the
+    events it needs are gone). ``status`` answers ``status`` and ``member``.
+    """
 
     id: int
     ok: bool = False
-    value: bytes | None = None
-    revision: int = 0
+    result: Response | None = None
+    stale: bool = False
+    watch_id: int = 0
+    start_revision: int = 0
+    events: tuple[Event, ...] = ()
+    status: NodeStatus | None = None
     error: ErrorBody | None = None
 
 
@@ -142,10 +231,11 @@ def error_body(
     error: BaseException, *, leader_hint: str | None = None, leader_id: int = 0
 ) -> ErrorBody:
     """The wire form of ``error``: the most specific known class in its MRO names the type."""
+    compact_revision = error.compact_revision if isinstance(error, Compacted) else 0
     for cls in type(error).__mro__:
         name = _BY_CLASS.get(cls)
         if name is not None:
-            return ErrorBody(name, str(error), leader_hint, leader_id)
+            return ErrorBody(name, str(error), leader_hint, leader_id, compact_revision)
     return ErrorBody("Internal", f"{type(error).__name__}: {error}")
 
 
@@ -155,6 +245,8 @@ def error_from_body(body: ErrorBody) -> PhalanxError:
     message = body.message or body.type
     if cls is NotLeader:
         return NotLeader(message, leader_hint=body.leader_hint)
+    if cls is Compacted:
+        return Compacted(message, compact_revision=body.compact_revision)
     if body.type not in ERROR_TYPES:
         message = f"{body.type}: {message}"
     return cls(message)

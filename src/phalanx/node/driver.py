@@ -11,11 +11,19 @@ loop performs each ``Ready`` in the order the core's contract requires (``docs/r
 4. serve the read states whose index is applied;
 
 then ``advance``. Everything that touches the core runs on the event loop, one call at a time.
+
+After a Ready the node may take a snapshot of the state machine (every ``snapshot_entries``
+applied entries) and compact the log behind it, keeping ``snapshot_keep_entries`` entries for
+followers that lag a little. A leader also proposes the expiry of leases whose deadline passed
+by its clock. Membership addresses live in the replicated keyspace under
+:data:`MEMBERS_PREFIX`, written before the membership change that adds the member, so every
+node learns where a new member listens from the log itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import random
@@ -23,27 +31,50 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from phalanx.errors import NotLeader, PhalanxError, Timeout
-from phalanx.kv import KVStore, Proposal, Put, encode_proposal
-from phalanx.kv.responses import Error, PutResult, Response
+from phalanx.errors import (
+    BadRequest,
+    Indeterminate,
+    NoQuorum,
+    NotLeader,
+    PhalanxError,
+    Timeout,
+    Unavailable,
+)
+from phalanx.kv import KVStore, Proposal, Put, Range, WatchHub, encode_proposal
+from phalanx.kv.commands import Command, DeleteRange, LeaseExpire
+from phalanx.kv.lease import expire_proposal
+from phalanx.kv.responses import Error, PutResult, RangeResult, Response
 from phalanx.net import PeerTransport
+from phalanx.net.transport import TransportStatistics
+from phalanx.node.client_protocol import MemberInfo, NodeStatus
 from phalanx.node.client_server import ClientServer
+from phalanx.node.members import (
+    MEMBERS_PREFIX,
+    Membership,
+    encode_member,
+    format_address,
+    member_key,
+)
+from phalanx.node.observer import NodeObserver, NullObserver
 from phalanx.raft.config import Config
 from phalanx.raft.errors import ProposalDropped
 from phalanx.raft.node import RawNode, Status
 from phalanx.raft.types import (
     NONE,
+    ConfChange,
+    ConfChangeType,
     ConfState,
     EntryType,
     Message,
     Ready,
     Role,
+    SoftState,
     decode_conf_change,
 )
 from phalanx.storage import DiskStorage
 from phalanx.storage.limits import StorageLimits
 
-__all__ = ["Address", "RaftNode"]
+__all__ = ["MEMBERS_PREFIX", "Address", "RaftNode"]
 
 _log = logging.getLogger(__name__)
 
@@ -51,13 +82,20 @@ Address = tuple[str, int]
 
 #: How long ``put`` and ``get`` wait by default before raising ``Timeout``.
 REQUEST_TIMEOUT_S = 5.0
+#: Applied entries between two snapshots of the state machine.
+SNAPSHOT_ENTRIES = 10_000
+#: Entries kept in the log behind a snapshot, so a follower that lags by fewer catches up
+#: from the log instead of receiving the whole snapshot.
+SNAPSHOT_KEEP_ENTRIES = 2_000
+_NO_EXPIRY = 1 << 62
 
 
 class RaftNode:
-    """One member of a Phalanx cluster, with an in-process client API (``put``/``get``).
+    """One member of a Phalanx cluster, with an in-process client API.
 
     ``peers`` maps every other member's id to its peer address; on first start the cluster's
-    membership is ``peers`` plus this node, afterwards the log's record of it wins. With
+    membership is ``peers`` plus this node (or nobody, with ``join=True``: the node then waits
+    for a leader that added it to reach it), afterwards the log's record of it wins. With
     ``client_listen`` the node also serves the client protocol there (``ClientServer``);
     ``client_addrs`` maps members' ids to their client addresses, so that a ``NotLeader``
     answer can name the leader's client address. Use as
@@ -80,6 +118,11 @@ class RaftNode:
         client_listen: Address | None = None,
         client_addrs: Mapping[int, Address] | None = None,
         storage_limits: StorageLimits | None = None,
+        observer: NodeObserver | None = None,
+        join: bool = False,
+        snapshot_entries: int = SNAPSHOT_ENTRIES,
+        snapshot_keep_entries: int = SNAPSHOT_KEEP_ENTRIES,
+        transfer_on_close: bool = True,
     ) -> None:
         if tick_interval_s <= 0:
             raise ValueError(f"tick_interval_s: must be > 0, got {tick_interval_s}")
@@ -87,20 +130,30 @@ class RaftNode:
             raise ValueError(f"request_timeout_s: must be > 0, got {request_timeout_s}")
         if node_id in peers:
             raise ValueError(f"peers: must not contain this node's own id {node_id}")
+        if snapshot_entries < 1 or snapshot_keep_entries < 0:
+            raise ValueError("snapshot_entries must be >= 1 and snapshot_keep_entries >= 0")
         self.id = node_id
         self.data_dir = Path(data_dir)
         self.tick_interval_s = tick_interval_s
         self.request_timeout_s = request_timeout_s
+        self.cluster_id = cluster_id
         self._listen_addr = listen_addr
         self._peers = dict(peers)
-        self._cluster_id = cluster_id
+        self._join = join
+        self._snapshot_entries = snapshot_entries
+        self._snapshot_keep_entries = snapshot_keep_entries
+        self._transfer_on_close = transfer_on_close
         # Validate the Raft settings now rather than at start().
         self._config = Config(
             id=node_id, election_ticks=election_ticks, heartbeat_ticks=heartbeat_ticks
         )
         self._rng = rng or random.Random()
         self._storage_limits = storage_limits or StorageLimits()
+        self.observer: NodeObserver = observer or NullObserver()
         self.store = KVStore()
+        #: The watchers of this node's clients (not replicated).
+        self.watches = WatchHub(self.store)
+        self._members = Membership(node_id, peers, client_addrs or {})
         self._storage: DiskStorage | None = None
         self._node: RawNode | None = None
         self._transport: PeerTransport | None = None
@@ -114,10 +167,16 @@ class RaftNode:
         # Reads waiting for their ReadState (by context), then for the apply index.
         self._reads: dict[bytes, asyncio.Future[int]] = {}
         self._read_waits: list[tuple[int, asyncio.Future[None]]] = []
+        self._apply_waiters: list[asyncio.Future[None]] = []
         self._contexts = itertools.count(1)
-        # The client endpoint (none: in-process API only) and every member's client address.
+        self._role = Role.FOLLOWER
+        self._leader = NONE
+        self._term = 0
+        self._expire_index = _NO_EXPIRY  # the index of the LeaseExpire proposal in flight
+        self._snapshot_index = 0
+        #: The commit index learned from the first leader heard of (readiness: applied to it).
+        self.startup_commit_index: int | None = None
         self._client_listen = client_listen
-        self._client_addrs = dict(client_addrs or {})
         self._client_server: ClientServer | None = None
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -143,10 +202,11 @@ class RaftNode:
                 await self.aclose()
                 raise
             self._client_server = server
-            self._client_addrs.setdefault(self.id, server.address)
+            if self._members.client_address(self.id) is None:
+                self._members.set_client_address(self.id, server.address)
 
     async def _open(self) -> None:
-        voters = tuple(sorted({self.id, *self._peers}))
+        voters = () if self._join else tuple(sorted({self.id, *self._peers}))
         storage = await asyncio.to_thread(
             DiskStorage, self.data_dir, ConfState(voters=voters), limits=self._storage_limits
         )
@@ -154,6 +214,7 @@ class RaftNode:
         snapshot = storage.snapshot()
         if snapshot.meta.index > 0:
             self.store.restore(snapshot.data)
+        self._snapshot_index = snapshot.meta.index
         # The state machine holds exactly the snapshot: every later committed entry is
         # handed out again and re-applied (the KV state lives in memory).
         config = Config(
@@ -168,10 +229,11 @@ class RaftNode:
             self._listen_addr,
             self._peers,
             self._on_message,
-            cluster_id=self._cluster_id,
+            cluster_id=self.cluster_id,
             on_unreachable=self._on_unreachable,
             on_snapshot_status=self._on_snapshot_status,
         )
+        self._sync_members()
 
     async def _run(self) -> None:
         transport = self._core_transport()
@@ -195,8 +257,13 @@ class RaftNode:
             await asyncio.to_thread(storage.close)
 
     async def aclose(self) -> None:
-        """Stop the loops, close the connections and the storage. Pending ``put`` calls raise
-        ``Timeout`` (their outcome is unknown); pending ``get`` calls raise ``Timeout``."""
+        """Stop: hand leadership to another voter first (when this node leads and
+        ``transfer_on_close``), then stop the loops, close the connections and the storage.
+        Pending ``put`` calls raise ``Timeout`` (their outcome is unknown); pending reads
+        raise ``Timeout``."""
+        if self._transfer_on_close and self._runner is not None and not self._closed:
+            with contextlib.suppress(PhalanxError, RuntimeError):
+                await self.transfer_leadership(timeout_s=self._election_timeout_s())
         self._closed = True
         server, self._client_server = self._client_server, None
         if server is not None:
@@ -228,10 +295,29 @@ class RaftNode:
     def leader_client_address(self) -> tuple[int, Address | None]:
         """The leader's id (0 if unknown) and its client address, when this node knows it."""
         leader = self._core().status().leader
-        return leader, self._client_addrs.get(leader) if leader != NONE else None
+        return leader, self._members.client_address(leader) if leader != NONE else None
 
     def status(self) -> Status:
         return self._core().status()
+
+    def describe(self) -> NodeStatus:
+        """This node's view of itself and the cluster, as the client protocol sends it."""
+        status = self._core().status()
+        return NodeStatus(
+            node_id=self.id,
+            role=status.role.name.lower(),
+            term=status.term,
+            leader=status.leader,
+            commit_index=status.commit,
+            applied_index=self.store.applied_index,
+            last_index=status.last_index,
+            revision=self.store.revision,
+            members=self._members.members(),
+            cluster_id=self.cluster_id,
+        )
+
+    def transport_statistics(self) -> TransportStatistics:
+        return self._core_transport().statistics()
 
     @property
     def leader_id(self) -> int:
@@ -241,6 +327,19 @@ class RaftNode:
     @property
     def is_leader(self) -> bool:
         return self._core().status().role == Role.LEADER
+
+    @property
+    def started(self) -> bool:
+        """The log is replayed and the node runs (``/startup``)."""
+        return self._runner is not None and not self._stopping
+
+    @property
+    def ready(self) -> bool:
+        """The node knows a leader and has applied up to the commit index it learned from
+        the first leader it heard of (``/ready``)."""
+        if not self.started or self._leader == NONE or self.startup_commit_index is None:
+            return False
+        return self.store.applied_index >= self.startup_commit_index
 
     def _core(self) -> RawNode:
         if self._node is None:
@@ -256,6 +355,9 @@ class RaftNode:
         if self._transport is None:
             raise RuntimeError("the node is not started")
         return self._transport
+
+    def _election_timeout_s(self) -> float:
+        return self._config.election_ticks * self.tick_interval_s
 
     # -- inputs -------------------------------------------------------------------------------
 
@@ -280,7 +382,24 @@ class RaftNode:
         while True:
             await asyncio.sleep(self.tick_interval_s)
             node.tick()
+            if (
+                self._role == Role.LEADER
+                and self._expire_index == _NO_EXPIRY
+                and len(self.store.leases)
+            ):
+                self._propose_expiry(node)
             self._wake.set()
+
+    def _propose_expiry(self, node: RawNode) -> None:
+        proposal = expire_proposal(self.store.leases, _now_ms())
+        if proposal is None:
+            return
+        try:
+            node.propose(encode_proposal(proposal, self.store.limits))
+        except ProposalDropped:
+            return
+        self._expire_index = node.status().last_index
+        self.observer.on_proposal("lease_expire")
 
     # -- the Ready loop -----------------------------------------------------------------------
 
@@ -291,34 +410,91 @@ class RaftNode:
             self._wake.clear()
             while node.has_ready():
                 await self._handle(node, node.ready())
+            await self._maybe_snapshot(node)
 
     async def _handle(self, node: RawNode, ready: Ready) -> None:
         storage = self._core_storage()
         transport = self._core_transport()
         # 1. Persist: one save, one fsync, off the event loop.
         if ready.hard_state is not None or ready.entries or ready.snapshot is not None:
+            began = time.perf_counter()
             await asyncio.to_thread(storage.save, ready.hard_state, ready.entries, ready.snapshot)
+            self.observer.on_persist(time.perf_counter() - began, len(ready.entries))
         # 2. Send, now that what the messages promise is durable.
         for message in ready.messages:
             transport.send(message)
         # 3. Install the snapshot, apply the committed entries in order.
+        members_changed = False
         if ready.snapshot is not None and ready.snapshot.meta.index > self.store.applied_index:
             self.store.restore(ready.snapshot.data)
             self.store.applied_index = ready.snapshot.meta.index
+            self._snapshot_index = ready.snapshot.meta.index
+            members_changed = True
         for entry in ready.committed_entries:
             if entry.type == EntryType.CONF_CHANGE:
                 node.apply_conf_change(decode_conf_change(entry.data))
                 response: Response = self.store.apply(entry.index, b"")
+                members_changed = True
             else:
                 response = self.store.apply(entry.index, entry.data)
+            if entry.index >= self._expire_index:
+                self._expire_index = _NO_EXPIRY
             self._resolve_proposal(entry.index, entry.term, response)
+        if members_changed:
+            self._sync_members()
+        if ready.committed_entries or ready.snapshot is not None:
+            self.observer.on_apply(node.status().commit, self.store.applied_index)
+            self._notify_applied()
         # 4. Serve the reads whose index is applied.
         for read in ready.read_states:
             future = self._reads.pop(read.context, None)
             if future is not None and not future.done():
                 future.set_result(read.index)
         self._serve_reads()
+        if ready.soft_state is not None:
+            self._on_soft_state(node, ready.soft_state)
         node.advance(ready)
+
+    def _on_soft_state(self, node: RawNode, soft: SoftState) -> None:
+        was_leader = self._role == Role.LEADER
+        self._role, self._leader = soft.role, soft.leader
+        status = node.status()
+        self._term = status.term
+        if soft.leader != NONE and self.startup_commit_index is None:
+            self.startup_commit_index = status.commit
+        if was_leader and soft.role != Role.LEADER:
+            self._expire_index = _NO_EXPIRY
+            self._fail_proposals(
+                Indeterminate(
+                    f"node {self.id} lost leadership before the write was applied; "
+                    "it may still commit"
+                )
+            )
+        self.observer.on_role(status.term, soft.role.name.lower(), soft.leader)
+
+    def _sync_members(self) -> None:
+        peers = self._members.sync(self._core().status().conf_state, self.store)
+        transport = self._core_transport()
+        known = set(transport.peers())
+        for node_id, address in peers.items():
+            transport.add_peer(node_id, address)
+        if self._core().status().conf_state.voters:
+            for node_id in known - set(peers):
+                transport.remove_peer(node_id)
+
+    async def _maybe_snapshot(self, node: RawNode) -> None:
+        applied = self.store.applied_index
+        if applied - self._snapshot_index < self._snapshot_entries or self._stopping:
+            return
+        storage = self._core_storage()
+        data = self.store.snapshot()
+        conf = node.status().conf_state
+        self._snapshot_index = applied
+        await asyncio.to_thread(storage.create_snapshot, applied, conf, data)
+        keep_from = applied - self._snapshot_keep_entries
+        if keep_from > 0:
+            await asyncio.to_thread(storage.compact, keep_from)
+        _log.info("node %d: snapshot at index %d (%d bytes)", self.id, applied, len(data))
 
     def _resolve_proposal(self, index: int, term: int, response: Response) -> None:
         waiting = self._proposals.pop(index, None)
@@ -347,20 +523,44 @@ class RaftNode:
                 waiting.append((index, future))
         self._read_waits = waiting
 
-    def _fail_waiters(self) -> None:
-        error = "the node closed before an answer came"
+    def _notify_applied(self) -> None:
+        waiters, self._apply_waiters = self._apply_waiters, []
+        for future in waiters:
+            if not future.done():
+                future.set_result(None)
+
+    async def wait_applied(self, index: int, timeout_s: float) -> bool:
+        """Wait until this node has applied beyond ``index``; False on timeout or close."""
+        deadline = time.monotonic() + timeout_s
+        while self.store.applied_index <= index and not self._stopping:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._apply_waiters.append(future)
+            done, _ = await asyncio.wait({future}, timeout=left)
+            if not done:
+                future.cancel()
+        return self.store.applied_index > index
+
+    def _fail_proposals(self, error: PhalanxError) -> None:
         for _, future in self._proposals.values():
             if not future.done():
-                future.set_exception(Timeout(error + "; the write's outcome is unknown"))
+                future.set_exception(error)
+        self._proposals.clear()
+
+    def _fail_waiters(self) -> None:
+        error = "the node closed before an answer came"
+        self._fail_proposals(Timeout(error + "; the write's outcome is unknown"))
         for read in self._reads.values():
             if not read.done():
                 read.set_exception(Timeout(error))
         for _, wait in self._read_waits:
             if not wait.done():
                 wait.set_exception(Timeout(error))
-        self._proposals.clear()
         self._reads.clear()
         self._read_waits.clear()
+        self._notify_applied()
 
     # -- client API ---------------------------------------------------------------------------
 
@@ -373,25 +573,54 @@ class RaftNode:
             raise RuntimeError("the node is not running")
         return self._core()
 
-    async def put(self, key: bytes, value: bytes, *, timeout_s: float | None = None) -> PutResult:
-        """Write ``key`` = ``value`` through the log; returns once applied on this node.
+    def _check_leader(self, node: RawNode) -> None:
+        status = node.status()
+        if status.role == Role.LEADER:
+            return
+        if status.leader == NONE:
+            raise NoQuorum(
+                f"node {self.id} knows no leader: it cannot reach a quorum (partitioned, "
+                "or an election is under way); nothing was proposed"
+            )
+        raise NotLeader(f"node {self.id} is not the leader", **self._hint())
 
-        Raises ``NotLeader`` (with ``leader_hint``, the leader's id, when one is known) on a
-        node that does not lead: nothing was proposed. Raises ``Timeout`` when the entry is not
-        applied within ``timeout_s``: the outcome is then INDETERMINATE (the entry may still
-        commit and apply later). Validation errors (``BadRequest``, ``TooLarge``) are raised
-        before anything is proposed.
+    async def propose(
+        self,
+        command: Command,
+        *,
+        client_id: int = 0,
+        seq: int = 0,
+        acked_seq: int = 0,
+        timeout_s: float | None = None,
+    ) -> Response:
+        """Put ``command`` through the log; return the state machine's answer once applied.
+
+        ``client_id``/``seq``/``acked_seq`` name a session request (exactly-once). Raises
+        ``NotLeader`` (with ``leader_hint``) or ``NoQuorum`` on a node that does not lead:
+        nothing was proposed. Raises ``Timeout`` when the entry is not applied within
+        ``timeout_s``, and ``Indeterminate`` when the node loses leadership meanwhile: the
+        outcome is then unknown (the entry may still commit and apply later). Validation
+        errors (``BadRequest``, ``TooLarge``) come before anything is proposed; a command the
+        state machine rejects raises its typed error (``LeaseNotFound``, ``Compacted``...).
         """
         node = self._check_open()
+        if isinstance(command, LeaseExpire):
+            raise BadRequest("lease expiry is decided by the leader, not proposed by clients")
         data = encode_proposal(
-            Proposal(Put(key, value), now_ms=int(time.time() * 1000)), self.store.limits
+            Proposal(command, _now_ms(), client_id, seq, acked_seq), self.store.limits
         )
-        if node.status().role != Role.LEADER:
-            raise NotLeader(f"node {self.id} is not the leader", **self._hint())
+        self._check_leader(node)
         try:
             node.propose(data)
         except ProposalDropped as exc:
             raise NotLeader(f"node {self.id} refused the proposal: {exc}", **self._hint()) from exc
+        self.observer.on_proposal("kv")
+        response = await self._wait_entry(node, timeout_s)
+        if isinstance(response, Error):
+            raise response.exception()
+        return response
+
+    async def _wait_entry(self, node: RawNode, timeout_s: float | None) -> Response:
         status = node.status()
         index = status.last_index
         future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
@@ -399,7 +628,7 @@ class RaftNode:
         self._wake.set()
         try:
             async with asyncio.timeout(self._timeout(timeout_s)):
-                response = await future
+                return await future
         except TimeoutError:
             raise Timeout(
                 f"entry {index} not applied within the deadline; the write's outcome is unknown"
@@ -408,46 +637,65 @@ class RaftNode:
             waiting = self._proposals.get(index)
             if waiting is not None and waiting[1] is future:
                 del self._proposals[index]
-        if isinstance(response, Error):
-            raise response.exception()
+
+    async def put(self, key: bytes, value: bytes, *, timeout_s: float | None = None) -> PutResult:
+        """Write ``key`` = ``value`` (see :meth:`propose` for the errors)."""
+        response = await self.propose(Put(key, value), timeout_s=timeout_s)
         if not isinstance(response, PutResult):  # pragma: no cover - the store's contract
             raise PhalanxError(f"unexpected response to a put: {response!r}")
         return response
 
-    async def get(
-        self, key: bytes, *, linearizable: bool = True, timeout_s: float | None = None
-    ) -> bytes | None:
-        """The value of ``key`` (None when absent).
+    async def read(
+        self, op: Range, *, linearizable: bool = True, timeout_s: float | None = None
+    ) -> RangeResult:
+        """Read a key or range.
 
         Linearizable by default: a ReadIndex round confirms the leader's commit index, and the
         read is served once this node has applied it, so it sees every write acknowledged
-        before it began (on a follower too). ``linearizable=False`` reads the local state at
-        once and may be stale. Raises ``Timeout`` when no round completes in time (a read has
-        no effect, so retrying is safe).
+        before it began (on a follower too). Raises ``NoQuorum`` when no round completes
+        within the election timeout (this node is cut off from the majority, or no leader is
+        elected), ``Timeout`` at ``timeout_s``. ``linearizable=False`` reads the local state
+        at once and may be stale. A read has no effect, so retrying is always safe.
         """
         node = self._check_open()
         if linearizable:
-            try:
-                async with asyncio.timeout(self._timeout(timeout_s)):
-                    index = await self._read_index(node)
-                    wait: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-                    self._read_waits.append((index, wait))
-                    self._serve_reads()
-                    await wait
-            except TimeoutError:
-                raise Timeout("no read round completed within the deadline") from None
-        result = self.store.get(key)
+            await self._read_barrier(node, timeout_s)
+        return self.store.get(
+            op.key,
+            op.range_end,
+            revision=op.revision,
+            limit=op.limit,
+            keys_only=op.keys_only,
+            count_only=op.count_only,
+        )
+
+    async def get(
+        self, key: bytes, *, linearizable: bool = True, timeout_s: float | None = None
+    ) -> bytes | None:
+        """The value of ``key`` (None when absent); see :meth:`read`."""
+        result = await self.read(Range(key), linearizable=linearizable, timeout_s=timeout_s)
         return result.kvs[0].value if result.kvs else None
 
+    async def _read_barrier(self, node: RawNode, timeout_s: float | None) -> None:
+        try:
+            async with asyncio.timeout(self._timeout(timeout_s)):
+                index = await self._read_index(node)
+                wait: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                self._read_waits.append((index, wait))
+                self._serve_reads()
+                await wait
+        except TimeoutError:
+            raise Timeout("no read round completed within the deadline") from None
+
     async def _read_index(self, node: RawNode) -> int:
-        # A forwarded read may be lost (dropped by a leader, or no leader yet): ask again with
-        # the same context every election timeout until the deadline.
+        # A forwarded read may be lost (dropped by a leader, or no leader yet): ask again
+        # every election timeout; after two timeouts without an answer give up with NoQuorum.
         context = f"{self.id}:{next(self._contexts)}".encode()
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._reads[context] = future
-        retry_s = self._config.election_ticks * self.tick_interval_s
+        retry_s = self._election_timeout_s()
         try:
-            while True:
+            for _ in range(2):
                 try:
                     node.read_index(context)
                     self._wake.set()
@@ -456,13 +704,107 @@ class RaftNode:
                 done, _ = await asyncio.wait({future}, timeout=retry_s)
                 if done:
                     return future.result()
+            raise NoQuorum(
+                f"node {self.id} could not confirm a leader with a quorum within "
+                f"{2 * retry_s:.3g} s (partitioned, or no leader elected)"
+            )
         finally:
             self._reads.pop(context, None)
             if not future.done():
                 future.cancel()
+
+    # -- membership and leadership ----------------------------------------------------------
+
+    async def add_member(
+        self,
+        node_id: int,
+        peer: Address,
+        client: Address,
+        *,
+        learner: bool = True,
+        timeout_s: float | None = None,
+    ) -> None:
+        """Add ``node_id``: record its addresses, then change the configuration.
+
+        A learner (the default) receives the log without voting, so adding it never lowers
+        availability; promote it once it caught up (:meth:`promote_member`).
+        """
+        node = self._check_open()
+        self._check_leader(node)
+        info = MemberInfo(node_id, format_address(peer), format_address(client))
+        await self.propose(Put(member_key(node_id), encode_member(info)), timeout_s=timeout_s)
+        kind = ConfChangeType.ADD_LEARNER if learner else ConfChangeType.ADD_VOTER
+        await self._change(node, ConfChange(((kind, node_id),)), timeout_s)
+
+    async def promote_member(self, node_id: int, *, timeout_s: float | None = None) -> None:
+        """Make the learner ``node_id`` a voter."""
+        node = self._check_open()
+        self._check_leader(node)
+        if node_id not in node.status().conf_state.learners:
+            raise BadRequest(f"node {node_id} is not a learner")
+        await self._change(node, ConfChange(((ConfChangeType.ADD_VOTER, node_id),)), timeout_s)
+
+    async def remove_member(self, node_id: int, *, timeout_s: float | None = None) -> None:
+        """Remove ``node_id`` from the configuration and forget its addresses."""
+        node = self._check_open()
+        self._check_leader(node)
+        conf = node.status().conf_state
+        if node_id not in conf.voters and node_id not in conf.learners:
+            raise BadRequest(f"node {node_id} is not a member")
+        if node_id == self.id:
+            await self.transfer_leadership(timeout_s=timeout_s)
+            raise NotLeader(
+                "leadership moved away so this node can be removed; ask the new leader",
+                **self._hint(),
+            )
+        await self._change(node, ConfChange(((ConfChangeType.REMOVE_NODE, node_id),)), timeout_s)
+        await self.propose(DeleteRange(member_key(node_id)), timeout_s=timeout_s)
+
+    async def _change(self, node: RawNode, change: ConfChange, timeout_s: float | None) -> None:
+        self._check_leader(node)
+        try:
+            node.propose_conf_change(change)
+        except ProposalDropped as exc:
+            raise Unavailable(f"membership change refused: {exc}") from exc
+        self.observer.on_proposal("conf_change")
+        await self._wait_entry(node, timeout_s)
+
+    async def transfer_leadership(self, to: int = 0, *, timeout_s: float | None = None) -> int:
+        """Hand leadership to voter ``to`` (0: the most up-to-date other voter) and wait until
+        this node no longer leads; returns the new leader's id (0 if none emerged in time).
+
+        Raises ``NotLeader`` when this node does not lead, ``BadRequest`` when there is no
+        other voter.
+        """
+        node = self._check_open()
+        status = node.status()
+        if status.role != Role.LEADER:
+            raise NotLeader(f"node {self.id} is not the leader", **self._hint())
+        if to == 0:
+            candidates = [
+                (peer.match, peer_id)
+                for peer_id, peer in status.progress
+                if peer_id != self.id and not peer.is_learner
+            ]
+            if not candidates:
+                raise BadRequest("no other voter to hand leadership to")
+            to = max(candidates)[1]
+        node.transfer_leader(to)
+        self._wake.set()
+        deadline = time.monotonic() + self._timeout(timeout_s)
+        while time.monotonic() < deadline:
+            current = node.status()
+            if current.role != Role.LEADER:
+                return current.leader
+            await asyncio.sleep(self.tick_interval_s / 2)
+        return 0
 
     def _timeout(self, timeout_s: float | None) -> float:
         return self.request_timeout_s if timeout_s is None else timeout_s
 
     def __repr__(self) -> str:
         return f"RaftNode(id={self.id}, data_dir={str(self.data_dir)!r})"
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
