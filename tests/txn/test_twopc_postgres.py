@@ -124,7 +124,7 @@ def test_prepared_branches_survive_a_server_crash_and_the_participant_asks(
 ) -> None:
     """The coordinator decided commit and died; b's server crashed too. b restarts, finds
     its prepared branch in pg_prepared_xacts and asks the coordinator's log."""
-    a, b = participants
+    _a, b = participants
     log = SqliteDecisionLog(tmp_path / "log.db")
     committed_gid = Gid("c1", 1, 1)
     undecided_gid = Gid("c1", 1, 2)

@@ -9,6 +9,7 @@ the server back, which runs crash recovery: prepared transactions must survive i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -68,10 +69,8 @@ def crash(server: Any) -> None:
     pid = int((server.data_dir / "postmaster.pid").read_text().split()[0])
     victims = [pid, *_children(pid)]
     for victim in victims:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(victim, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     deadline = time.monotonic() + STOP_WAIT_S
     while any(Path(f"/proc/{v}").exists() for v in victims) and time.monotonic() < deadline:
         time.sleep(0.01)

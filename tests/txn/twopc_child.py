@@ -1,0 +1,64 @@
+"""A coordinator the crash tests kill: ``python twopc_child.py LOG DSN_A DSN_B SQLITE ROW STOP
+[no]``.
+
+It runs one global transaction that inserts ``ROW`` into table ``t`` on PostgreSQL ``a``, on
+PostgreSQL ``b`` and on SQLite ``s``, preparing them one after another. It prints each protocol
+step as it completes; at step ``STOP`` it prints ``STOP`` and waits on stdin, so the parent
+can SIGKILL it exactly there. With ``no`` as last argument, ``b`` votes no (a deferred
+unique constraint fails at prepare), so the transaction aborts.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from phalanx.txn.twopc import (
+    Coordinator,
+    PostgresBranch,
+    PostgresParticipant,
+    SqliteBranch,
+    SqliteDecisionLog,
+    SqliteParticipant,
+    TransactionAborted,
+)
+
+
+def main() -> None:
+    log_path, dsn_a, dsn_b, sqlite_path, row, stop = sys.argv[1:7]
+    vote_no = sys.argv[7:] == ["no"]
+
+    def observe(step: str) -> None:
+        print(step, flush=True)
+        if step == stop:
+            print("STOP", flush=True)
+            sys.stdin.readline()
+
+    participants = [
+        PostgresParticipant("a", dsn_a),
+        PostgresParticipant("b", dsn_b),
+        SqliteParticipant("s", sqlite_path),
+    ]
+    log = SqliteDecisionLog(log_path)
+    with Coordinator(
+        "c1", log, participants, prepare_timeout_s=120.0, prepare_workers_max=1, observer=observe
+    ) as coordinator:
+        txn = coordinator.begin()
+        a, b, s = txn.enlist("a"), txn.enlist("b"), txn.enlist("s")
+        assert isinstance(a, PostgresBranch)
+        assert isinstance(b, PostgresBranch)
+        assert isinstance(s, SqliteBranch)
+        a.connection.execute("INSERT INTO t VALUES (%s)", (row,))
+        b.connection.execute("INSERT INTO t VALUES (%s)", (row,))
+        if vote_no:
+            b.connection.execute("INSERT INTO d VALUES (%s), (%s)", (row, row))
+        s.execute("INSERT INTO t VALUES (?)", (row,))
+        try:
+            txn.commit()
+        except TransactionAborted:
+            print("ABORTED", flush=True)
+        else:
+            print("COMMITTED", flush=True)
+
+
+if __name__ == "__main__":
+    main()
