@@ -19,7 +19,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -76,7 +75,7 @@ class World:
 @pytest.fixture(scope="module")
 def world(
     tpc: ModuleType, tpc_pair: tuple[Any, Any], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[World]:
+) -> World:
     dsns = []
     for server in tpc_pair:
         dsn = tpc.create_database(server, "crash")
@@ -89,7 +88,7 @@ def world(
     with sqlite3.connect(sqlite_path) as conn:
         conn.execute("CREATE TABLE t (id TEXT PRIMARY KEY)")
     conn.close()
-    yield World(dsns[0], dsns[1], sqlite_path, base / "decisions.db")
+    return World(dsns[0], dsns[1], sqlite_path, base / "decisions.db")
 
 
 def present(world: World, row: str) -> dict[str, bool]:

@@ -27,10 +27,14 @@ def main() -> None:
     log_path, dsn_a, dsn_b, sqlite_path, row, stop = sys.argv[1:7]
     vote_no = sys.argv[7:] == ["no"]
 
+    def say(line: str) -> None:
+        sys.stdout.write(f"{line}\n")
+        sys.stdout.flush()
+
     def observe(step: str) -> None:
-        print(step, flush=True)
+        say(step)
         if step == stop:
-            print("STOP", flush=True)
+            say("STOP")
             sys.stdin.readline()
 
     participants = [
@@ -55,9 +59,9 @@ def main() -> None:
         try:
             txn.commit()
         except TransactionAborted:
-            print("ABORTED", flush=True)
+            say("ABORTED")
         else:
-            print("COMMITTED", flush=True)
+            say("COMMITTED")
 
 
 if __name__ == "__main__":
