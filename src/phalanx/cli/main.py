@@ -20,6 +20,7 @@ def _register() -> None:
     from phalanx.cli.demo import demo
     from phalanx.cli.health import health
     from phalanx.cli.node import node
+    from phalanx.cli.shard import shard
     from phalanx.cli.sim import sim
 
     cli.add_command(breaker)
@@ -27,6 +28,7 @@ def _register() -> None:
     cli.add_command(demo)
     cli.add_command(health)
     cli.add_command(node)
+    cli.add_command(shard)
     cli.add_command(sim)
 
 
