@@ -49,6 +49,13 @@ def _address(_ctx: click.Context, _param: click.Parameter, value: str) -> Addres
     help="fdatasync the log before acknowledging. --no-fsync survives process crashes but "
     "may lose acknowledged writes on an OS crash or power loss: for benchmarks only.",
 )
+@click.option(
+    "--join",
+    is_flag=True,
+    help="Join a running cluster: start with no membership and wait for the leader, which "
+    "must have added this node (`phalanx cluster member add`). --cluster lists every member, "
+    "this one included. Ignored once the data dir holds a log.",
+)
 def node(
     node_id: int,
     data_dir: str,
@@ -58,6 +65,7 @@ def node(
     cluster_id: str,
     tick_ms: int,
     fsync: bool,
+    join: bool,
 ) -> None:
     """Run one Phalanx node until SIGTERM or SIGINT."""
     from phalanx.node.process import run_node
@@ -77,4 +85,5 @@ def node(
         cluster_id=cluster_id,
         tick_interval_s=tick_ms / 1000,
         fsync=fsync,
+        join=join,
     )

@@ -28,6 +28,7 @@ async def serve(
     cluster_id: str,
     tick_interval_s: float,
     fsync: bool = True,
+    join: bool = False,
 ) -> None:
     """Start the node, wait for SIGTERM or SIGINT, close it."""
     stop = asyncio.Event()
@@ -44,6 +45,7 @@ async def serve(
         client_listen=client_listen,
         client_addrs={i: m.client for i, m in members.items()},
         storage_limits=StorageLimits(fsync=fsync),
+        join=join,
     )
     async with node:
         _log.info(
@@ -72,6 +74,7 @@ def run_node(
     cluster_id: str,
     tick_interval_s: float,
     fsync: bool = True,
+    join: bool = False,
 ) -> None:
     asyncio.run(
         serve(
@@ -83,5 +86,6 @@ def run_node(
             cluster_id=cluster_id,
             tick_interval_s=tick_interval_s,
             fsync=fsync,
+            join=join,
         )
     )
