@@ -1,0 +1,418 @@
+"""The node's HTTP endpoint: health probes for an orchestrator and metrics for Prometheus.
+
+One small ASGI app (:class:`NodeHttpApp`) answers four paths:
+
+* ``/healthz`` (liveness): the event loop is responsive. A :class:`LoopMonitor` task wakes
+  every ``LOOP_BEAT_INTERVAL_S`` and records how late the loop woke it; the check fails when
+  that lag, or the silence since the last beat, passes ``LOOP_LAG_S_MAX``. A loop blocked
+  outright cannot answer at all, which the orchestrator's probe timeout turns into a failure.
+* ``/startup``: the log is replayed: the node is open and has applied every entry its own
+  log recorded as committed when the probe first found it open.
+* ``/ready``: the node knows a leader and has applied up to the commit index it learned at
+  start (the first time a probe found a leader known). Once caught up, only a known leader
+  is needed; a node that loses its leader is not ready until it finds one again.
+* ``/metrics``: the node's Prometheus registry (:mod:`phalanx.node.metrics`), in the text
+  format or OpenMetrics, as the scraper's ``Accept`` header asks.
+
+The probes come from :mod:`phalanx.health` (registry, caching, timeouts, startup gating and
+the JSON answers); the checks here only need :class:`NodeView`, the node's ``status()``, so
+tests drive them with a fake node. :class:`NodeHttpServer` runs the app under uvicorn on the
+node process's own event loop, as a task it owns and cancels on :meth:`~NodeHttpServer.aclose`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Awaitable, Callable, Generator, MutableMapping
+from types import TracebackType
+from typing import Any, Final, Protocol
+
+import uvicorn
+from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.exposition import choose_encoder
+
+from phalanx.clock import SYSTEM_CLOCK, Clock
+from phalanx.health import CheckFailed, HealthApp, HealthRegistry, Probe
+
+__all__ = [
+    "HTTP_CONNECTIONS_MAX",
+    "HTTP_SHUTDOWN_S_MAX",
+    "LOOP_BEAT_INTERVAL_S",
+    "LOOP_LAG_S_MAX",
+    "METRICS_PATH",
+    "LoopMonitor",
+    "NodeChecks",
+    "NodeHttpApp",
+    "NodeHttpServer",
+    "NodeView",
+    "StatusView",
+    "node_health",
+    "node_http_server",
+]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Address = tuple[str, int]
+
+METRICS_PATH: Final = "/metrics"
+#: How often the loop monitor wakes up to measure the event loop's lag.
+LOOP_BEAT_INTERVAL_S: Final = 0.5
+#: A loop that runs a timer this much late (or has not run the monitor for this long past its
+#: interval) is stuck: liveness fails. Well above a slow fsync, which runs in a worker thread.
+LOOP_LAG_S_MAX: Final = 2.0
+#: Connections served at once; more are answered 503 by uvicorn. Probes and scrapes are few.
+HTTP_CONNECTIONS_MAX: Final = 64
+#: How long closing waits for requests in progress before cancelling them.
+HTTP_SHUTDOWN_S_MAX: Final = 2.0
+_PORT_MAX = 65535
+_NO_LEADER = 0
+_ALLOWED_METHODS = ("GET", "HEAD")
+
+
+class StatusView(Protocol):
+    """What the checks read from a node's status (``phalanx.raft.node.Status`` has it)."""
+
+    @property
+    def term(self) -> int: ...
+
+    @property
+    def commit(self) -> int: ...
+
+    @property
+    def applied(self) -> int: ...
+
+    @property
+    def leader(self) -> int: ...
+
+
+class NodeView(Protocol):
+    """The node, as the health checks see it: ``status()`` raises before the node is open."""
+
+    def status(self) -> StatusView: ...
+
+
+# -- liveness -------------------------------------------------------------------------------
+
+
+class LoopMonitor:
+    """Measures how late the event loop runs a timer; the liveness check reads the result.
+
+    :meth:`run` is the task (owned by :class:`NodeHttpServer`); :meth:`record` is what it
+    calls, and what tests call directly with a :class:`~phalanx.clock.ManualClock`.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        interval_s: float = LOOP_BEAT_INTERVAL_S,
+        lag_s_max: float = LOOP_LAG_S_MAX,
+    ) -> None:
+        if interval_s <= 0:
+            raise ValueError(f"interval_s: must be > 0, got {interval_s}")
+        if lag_s_max <= 0:
+            raise ValueError(f"lag_s_max: must be > 0, got {lag_s_max}")
+        self.interval_s = interval_s
+        self.lag_s_max = lag_s_max
+        self._clock = clock
+        #: The lag of the last beat; ``None`` before the first one.
+        self.lag_s: float | None = None
+        self._beat_at_s: float | None = None
+
+    def record(self, lag_s: float) -> None:
+        self.lag_s = max(lag_s, 0.0)
+        self._beat_at_s = self._clock.now_s()
+
+    async def run(self) -> None:
+        """Beat every ``interval_s`` until cancelled."""
+        while True:
+            due_s = self._clock.now_s() + self.interval_s
+            await asyncio.sleep(self.interval_s)
+            self.record(self._clock.now_s() - due_s)
+
+    async def check(self) -> str:
+        """The liveness check: fails when the loop was late by more than ``lag_s_max``."""
+        if self.lag_s is None or self._beat_at_s is None:
+            return "event loop: no beat measured yet"
+        silent_s = self._clock.now_s() - self._beat_at_s
+        if silent_s > self.interval_s + self.lag_s_max:
+            raise CheckFailed(f"event loop: no beat for {silent_s:.1f} s")
+        if self.lag_s > self.lag_s_max:
+            raise CheckFailed(
+                f"event loop: a timer ran {self.lag_s:.3f} s late (max {self.lag_s_max:g} s)"
+            )
+        return f"event loop lag {self.lag_s * 1000:.1f} ms"
+
+
+# -- startup and readiness --------------------------------------------------------------------
+
+
+def _status(node: NodeView) -> StatusView:
+    try:
+        return node.status()
+    except RuntimeError as exc:  # not started yet: the storage is still being opened
+        raise CheckFailed(f"node not open: {exc}") from None
+
+
+class NodeChecks:
+    """The startup and readiness checks of one node.
+
+    Both are async so that they read the node on its own event loop (the Raft core is not
+    thread-safe). Each remembers the commit index it must see applied: startup, the commit
+    index found in the log when a probe first finds the node open; readiness, the commit index
+    when a probe first finds a leader known.
+    """
+
+    def __init__(self, node: NodeView) -> None:
+        self._node = node
+        self._replay_target: int | None = None
+        self._catch_up_target: int | None = None
+        self._caught_up = False
+
+    async def startup(self) -> str:
+        status = _status(self._node)
+        if self._replay_target is None:
+            self._replay_target = status.commit
+        target = self._replay_target
+        if status.applied < target:
+            raise CheckFailed(f"replaying the log: applied {status.applied} of {target}")
+        return f"log replayed: applied {status.applied}"
+
+    async def readiness(self) -> str:
+        status = _status(self._node)
+        if status.leader == _NO_LEADER:
+            raise CheckFailed(f"no leader known in term {status.term}")
+        if not self._caught_up:
+            if self._catch_up_target is None:
+                self._catch_up_target = status.commit
+            target = self._catch_up_target
+            if status.applied < target:
+                raise CheckFailed(
+                    f"catching up: applied {status.applied} of {target} (leader {status.leader})"
+                )
+            self._caught_up = True
+        return (
+            f"leader {status.leader} in term {status.term}; "
+            f"applied {status.applied}, commit {status.commit}"
+        )
+
+
+def node_health(
+    node: NodeView, monitor: LoopMonitor, *, registry: HealthRegistry | None = None
+) -> HealthRegistry:
+    """A registry with the node's three checks: ``event_loop`` (liveness), ``log_replayed``
+    (startup) and ``raft`` (readiness)."""
+    health = registry if registry is not None else HealthRegistry()
+    checks = NodeChecks(node)
+    health.add("event_loop", monitor.check, probes=Probe.LIVENESS)
+    health.add("log_replayed", checks.startup, probes=Probe.STARTUP)
+    health.add("raft", checks.readiness, probes=Probe.READINESS)
+    return health
+
+
+# -- the ASGI app ---------------------------------------------------------------------------
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    values = [v.decode("latin-1") for k, v in scope.get("headers", ()) if k.lower() == name]
+    return ",".join(values)
+
+
+class NodeHttpApp:
+    """``/metrics`` from ``metrics``, every other path from :class:`~phalanx.health.HealthApp`."""
+
+    def __init__(
+        self,
+        health: HealthRegistry,
+        metrics: CollectorRegistry,
+        *,
+        metrics_path: str = METRICS_PATH,
+    ) -> None:
+        self.health = health
+        self.metrics = metrics
+        self.metrics_path = metrics_path
+        self._probes = HealthApp(health)
+        if metrics_path in self._probes.paths.values():
+            raise ValueError(f"metrics_path: {metrics_path!r} is a probe's path")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("path") == self.metrics_path:
+            await self._metrics(scope, send)
+        else:
+            await self._probes(scope, receive, send)
+
+    async def _metrics(self, scope: Scope, send: Send) -> None:
+        method = scope.get("method", "GET")
+        if method not in _ALLOWED_METHODS:
+            headers = [(b"allow", b"GET, HEAD"), (b"content-length", b"0")]
+            await send({"type": "http.response.start", "status": 405, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        encoder, content_type = choose_encoder(_header(scope, b"accept"))
+        payload = encoder(self.metrics)
+        headers = [
+            (b"content-type", content_type.encode()),
+            (b"content-length", str(len(payload)).encode()),
+            (b"cache-control", b"no-store"),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else payload})
+
+
+# -- the server -----------------------------------------------------------------------------
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, with a started event and no signal handlers (the process has its own)."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.started_event = asyncio.Event()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self.started_event.set()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= _PORT_MAX:
+        raise ValueError(f"port: expected 0..{_PORT_MAX}, got {port!r}")
+    if not host:
+        raise ValueError("host: must not be empty")
+    family, kind, proto, _name, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+        sock.settimeout(0.0)  # non-blocking, as the event loop requires
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class NodeHttpServer:
+    """Serves ``app`` on ``host:port`` on the running event loop, with the loop monitor.
+
+    :meth:`start` binds (an address in use raises ``OSError`` there; port 0 picks one, see
+    :attr:`address`) and returns once requests are served. One task owns uvicorn and the
+    monitor; :meth:`aclose` lets requests in progress finish (at most
+    ``HTTP_SHUTDOWN_S_MAX``), then cancels the monitor and awaits the task. Also an async
+    context manager.
+    """
+
+    def __init__(
+        self,
+        app: NodeHttpApp,
+        host: str,
+        port: int,
+        *,
+        monitor: LoopMonitor | None = None,
+    ) -> None:
+        self.app = app
+        self.host = host
+        self._requested_port = port
+        self.monitor = monitor
+        self._socket: socket.socket | None = None
+        self._server: _Server | None = None
+        self._runner: asyncio.Task[None] | None = None
+
+    @property
+    def health(self) -> HealthRegistry:
+        return self.app.health
+
+    @property
+    def address(self) -> Address:
+        """The bound address once started (the requested one before)."""
+        if self._socket is not None:
+            host, port = self._socket.getsockname()[:2]
+            return str(host), int(port)
+        return self.host, self._requested_port
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            raise RuntimeError("start(): the HTTP server was already started")
+        self._socket = _bind(self.host, self._requested_port)
+        config = uvicorn.Config(
+            self.app,
+            log_level="warning",
+            log_config=None,  # the process configured logging (phalanx.node.logs)
+            access_log=False,  # a probe every few seconds: logging each one is noise
+            lifespan="off",
+            http="h11",
+            ws="none",
+            limit_concurrency=HTTP_CONNECTIONS_MAX,
+            timeout_graceful_shutdown=int(HTTP_SHUTDOWN_S_MAX),
+        )
+        self._server = _Server(config)
+        self._runner = asyncio.create_task(self._run(self._server, self._socket), name="node-http")
+        started = asyncio.ensure_future(self._server.started_event.wait())
+        done, _ = await asyncio.wait({started, self._runner}, return_when=asyncio.FIRST_COMPLETED)
+        if started not in done:
+            started.cancel()
+            await asyncio.gather(started, return_exceptions=True)
+            await self.aclose()
+            raise RuntimeError("the HTTP server stopped while starting")
+
+    async def _run(self, server: _Server, sock: socket.socket) -> None:
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                beat = None
+                if self.monitor is not None:
+                    beat = tasks.create_task(self.monitor.run(), name="node-http-loop-monitor")
+                await server.serve(sockets=[sock])
+                if beat is not None:
+                    beat.cancel()
+        finally:
+            sock.close()
+
+    async def aclose(self) -> None:
+        server, runner = self._server, self._runner
+        self._runner = None
+        if server is not None:
+            server.should_exit = True
+        if runner is not None:
+            await runner
+        await self.app.health.aclose()
+
+    async def __aenter__(self) -> NodeHttpServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        host, port = self.address
+        return f"NodeHttpServer(address={host}:{port})"
+
+
+def node_http_server(node: NodeView, metrics: CollectorRegistry, listen: Address) -> NodeHttpServer:
+    """The whole endpoint of one node on ``listen``: checks, loop monitor, app and server.
+
+    The loop monitor's last lag is also exported as ``phalanx_node_event_loop_lag_seconds``
+    in ``metrics``.
+    """
+    monitor = LoopMonitor()
+    lag = Gauge(
+        "phalanx_node_event_loop_lag_seconds",
+        "How late the event loop last ran the loop monitor's timer.",
+        registry=metrics,
+    )
+    lag.set_function(lambda: monitor.lag_s or 0.0)
+    app = NodeHttpApp(node_health(node, monitor), metrics)
+    return NodeHttpServer(app, listen[0], listen[1], monitor=monitor)
