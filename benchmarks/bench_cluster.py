@@ -916,6 +916,8 @@ def _git(*argv: str) -> str:
 
 
 def _phalanx_revision(commit: str | None) -> str:
+    if commit is None and PHALANX_SRC is not None:
+        return f"the tree in {PHALANX_SRC}"
     if commit is not None:
         return f"commit {_git('rev-parse', '--short', commit) or commit}"
     head = _git("rev-parse", "--short", "HEAD") or "unknown"
@@ -1085,6 +1087,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="measure phalanx as of this git revision (src/ exported to a temporary directory) "
         "instead of the working tree",
     )
+    parser.add_argument(
+        "--phalanx-src",
+        type=Path,
+        help="measure phalanx imported from this src directory (e.g. a patched copy)",
+    )
     parser.add_argument("--write", type=Path, help="rewrite this benchmark's section in FILE")
     args = parser.parse_args(argv)
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
@@ -1114,6 +1121,9 @@ def main(argv: list[str] | None = None) -> int:
     global PHALANX_SRC  # noqa: PLW0603 - set once, before any process starts
     if args.commit is not None:
         PHALANX_SRC = export_commit(args.commit, base)
+    elif args.phalanx_src is not None:
+        PHALANX_SRC = args.phalanx_src.resolve()
+    if PHALANX_SRC is not None:
         sys.path.insert(0, str(PHALANX_SRC))
     rows: list[Row] = []
     profile: Profile | None = None
