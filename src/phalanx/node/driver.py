@@ -174,6 +174,7 @@ class RaftNode:
         self._term = 0
         self._expire_index = _NO_EXPIRY  # the index of the LeaseExpire proposal in flight
         self._snapshot_index = 0
+        self._snapshot_lock = asyncio.Lock()
         #: The commit index learned from the first leader heard of (readiness: applied to it).
         self.startup_commit_index: int | None = None
         self._client_listen = client_listen
@@ -410,7 +411,7 @@ class RaftNode:
             self._wake.clear()
             while node.has_ready():
                 await self._handle(node, node.ready())
-            await self._maybe_snapshot(node)
+            await self._maybe_snapshot()
 
     async def _handle(self, node: RawNode, ready: Ready) -> None:
         storage = self._core_storage()
@@ -482,19 +483,34 @@ class RaftNode:
             for node_id in known - set(peers):
                 transport.remove_peer(node_id)
 
-    async def _maybe_snapshot(self, node: RawNode) -> None:
-        applied = self.store.applied_index
-        if applied - self._snapshot_index < self._snapshot_entries or self._stopping:
-            return
-        storage = self._core_storage()
-        data = self.store.snapshot()
-        conf = node.status().conf_state
-        self._snapshot_index = applied
-        await asyncio.to_thread(storage.create_snapshot, applied, conf, data)
-        keep_from = applied - self._snapshot_keep_entries
-        if keep_from > 0:
-            await asyncio.to_thread(storage.compact, keep_from)
-        _log.info("node %d: snapshot at index %d (%d bytes)", self.id, applied, len(data))
+    async def _maybe_snapshot(self) -> None:
+        if self.store.applied_index - self._snapshot_index >= self._snapshot_entries:
+            await self.snapshot(compact_at_least=0)
+
+    async def snapshot(self, *, compact_at_least: int = 0) -> int:
+        """Snapshot the state machine at its applied index and compact the log behind it,
+        keeping ``snapshot_keep_entries`` entries, or fewer so that at least the entries up to
+        ``compact_at_least`` go. Returns the snapshot's index (0 when there was nothing new).
+
+        A member added at runtime starts with an empty log and does not know the initial
+        membership, which is not in the log; compacting the first entry away makes the
+        leader send it a snapshot, which carries the membership.
+        """
+        node = self._check_open()
+        async with self._snapshot_lock:
+            applied = self.store.applied_index
+            if applied <= self._snapshot_index or self._stopping:
+                return 0
+            storage = self._core_storage()
+            data = self.store.snapshot()
+            conf = node.status().conf_state
+            await asyncio.to_thread(storage.create_snapshot, applied, conf, data)
+            self._snapshot_index = applied
+            compact_to = min(applied, max(applied - self._snapshot_keep_entries, compact_at_least))
+            if compact_to > 0:
+                await asyncio.to_thread(storage.compact, compact_to)
+            _log.info("node %d: snapshot at index %d (%d bytes)", self.id, applied, len(data))
+            return applied
 
     def _resolve_proposal(self, index: int, term: int, response: Response) -> None:
         waiting = self._proposals.pop(index, None)
@@ -735,6 +751,8 @@ class RaftNode:
         await self.propose(Put(member_key(node_id), encode_member(info)), timeout_s=timeout_s)
         kind = ConfChangeType.ADD_LEARNER if learner else ConfChangeType.ADD_VOTER
         await self._change(node, ConfChange(((kind, node_id),)), timeout_s)
+        # The new member reaches the log through a snapshot (see ``snapshot``).
+        await self.snapshot(compact_at_least=1)
 
     async def promote_member(self, node_id: int, *, timeout_s: float | None = None) -> None:
         """Make the learner ``node_id`` a voter."""
