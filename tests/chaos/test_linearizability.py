@@ -3,6 +3,7 @@
 import pytest
 
 from chaos.helpers import FAIL, INFO, Ops
+from phalanx.chaos.generate import generate_kv
 from phalanx.chaos.linearizability import SearchLimits, search
 from phalanx.chaos.models import Keyed, KVModel, LockModel, RegisterModel, model_named
 from phalanx.chaos.partition import check_linearizable, split_by_key
@@ -175,3 +176,19 @@ def test_models_refuse_unknown_operations() -> None:
             search(h.ops, model_named(name))
     with pytest.raises(ValueError, match="unknown model"):
         model_named("queue")
+
+
+def test_a_full_cache_forgets_what_lies_behind_and_goes_on() -> None:
+    ops, _ = generate_kv(5, ops=3000, keys=1, processes=6, info_rate=0.01, put_share=1.0)
+    result = search(ops, KVModel(), limits=SearchLimits(cache_entries_max=400))
+    assert result.verdict is Verdict.VALID
+    assert result.cache_entries > 400  # remembered in total, never more than 400 at once
+
+
+def test_long_single_key_history_stays_cheap_per_operation() -> None:
+    # The placed-set bitset is compact: a long history of one key is decided in configurations
+    # proportional to its length (each about the concurrency wide).
+    ops, _ = generate_kv(6, ops=20_000, keys=1, processes=8, info_rate=0.01, put_share=1.0)
+    result = search(ops, KVModel())
+    assert result.verdict is Verdict.VALID
+    assert result.cache_entries < 20 * len(ops)

@@ -58,7 +58,13 @@ class _Plan(msgspec.Struct):
 
 
 def _plans(
-    rng: random.Random, ops: int, keys: int, processes: int, info_rate: float, read_ratio: float
+    rng: random.Random,
+    ops: int,
+    keys: int,
+    processes: int,
+    info_rate: float,
+    read_ratio: float,
+    put_share: float,
 ) -> list[_Plan]:
     plans: list[_Plan] = []
     clocks = [rng.randrange(0, 50) for _ in range(processes)]
@@ -69,7 +75,7 @@ def _plans(
         point_us = invoke_us + rng.randint(1, 40)
         complete_us = point_us + rng.randint(1, 40)
         roll = rng.random()
-        f = "get" if roll < read_ratio else ("put" if roll < read_ratio + 0.05 else "append")
+        f = "get" if roll < read_ratio else ("put" if rng.random() < put_share else "append")
         outcome = Outcome.OK
         applied = True
         if rng.random() < info_rate:
@@ -169,15 +175,20 @@ def generate_kv(
     processes: int = 5,
     info_rate: float = 0.0,
     read_ratio: float = 0.5,
+    put_share: float = 0.1,
     plant: Anomaly | None = None,
 ) -> tuple[list[Operation], Planted | None]:
-    """A key-value history of ``ops`` operations; with ``plant``, also where the bug is."""
+    """A key-value history of ``ops`` operations; with ``plant``, also where the bug is.
+
+    ``read_ratio`` of the operations are gets; of the others, ``put_share`` are puts and the
+    rest appends.
+    """
     if not 1 <= ops <= GENERATED_OPS_MAX:
         raise ValueError(f"ops must be in 1..{GENERATED_OPS_MAX}")
     if keys < 1 or processes < 1:
         raise ValueError("keys and processes must be at least 1")
     rng = random.Random(seed)
-    plans = _plans(rng, ops, keys, processes, info_rate, read_ratio)
+    plans = _plans(rng, ops, keys, processes, info_rate, read_ratio, put_share)
     outputs = _outputs(plans, {})
     if plant is None:
         return _operations(plans, outputs), None

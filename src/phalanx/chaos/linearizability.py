@@ -16,9 +16,20 @@ been lifted, and not linearizable when a return is reached with nothing left to 
 Memoisation (Lowe, "Testing for linearizability", 2017) makes this practical: the search from
 a configuration depends only on the set of operations linearized so far and the model state,
 so every configuration tried is remembered as ``(bitset, state)`` and never explored twice.
+The bitset is kept compact (the lowest unplaced operation, and a window of bits above it), so
+its size follows the concurrency, not the length of the history.
+
+Two refinements of our own keep the tree small. A read (an operation that never changes the
+state) that fits the current state is placed at once and never branched on: any order that
+places it later stays valid with the read moved earlier. And every walk from the head first
+places such reads, before trying any write, which spares most wrong guesses in read-heavy
+histories.
 
 Every search is bounded: ``ops_max`` operations per partition, ``cache_entries_max``
-configurations, and a deadline, all checked as it runs; hitting any gives ``unknown``.
+remembered configurations, and a deadline, all checked as it runs. When the cache is full,
+the configurations behind the lowest unplaced operation are forgotten (the cache saves work,
+it decides nothing); only when that frees less than half of it, or at the deadline, or over
+``ops_max``, is the verdict ``unknown``.
 On a violation the result carries the longest partial linearization found, the operation
 that could not be placed there, and how many operations completed before that point (the
 longest linearizable prefix of the history in completion order).
@@ -53,7 +64,19 @@ PARTITION_OPS_MAX: Final = 200_000
 CACHE_ENTRIES_MAX: Final = 1_000_000
 #: The search reads the clock once per this many steps.
 DEADLINE_CHECK_EVERY: Final = 1024
-_BITS_PRECOMPUTED_MAX: Final = 4096
+
+
+_Stack = tuple[int, Hashable, int, int, "_Stack"] | None
+
+
+def _unwind(stack: _Stack, op_of: list[int], prepared: list[tuple[Operation, Step]]) -> list[int]:
+    """The operation ids of a stack of choices, oldest first."""
+    ids = []
+    while stack is not None:
+        node, _, _, _, stack = stack
+        ids.append(prepared[op_of[abs(node)]][0].id)
+    ids.reverse()
+    return ids
 
 
 class SearchLimits(msgspec.Struct, frozen=True, kw_only=True):
@@ -104,7 +127,7 @@ def search(  # noqa: PLR0912, PLR0915
     limits = limits or SearchLimits()
     started_s = now_s()
     prepared: list[tuple[Operation, Step]] = []
-    for op in ops:
+    for op in sorted(ops, key=lambda op: (op.invoke_us, op.id)):
         step = model.prepare(op)
         if step is not None:
             prepared.append((op, step))
@@ -149,18 +172,28 @@ def search(  # noqa: PLR0912, PLR0915
     steps = [step for _, step in prepared]
     is_ok = [op.outcome is Outcome.OK for op, _ in prepared]
     is_read = [model.read_only(op) for op, _ in prepared]
-    bits = [1 << i for i in range(n)] if n <= _BITS_PRECOMPUTED_MAX else None
 
     remaining = sum(is_ok)
     state: Hashable = model.init()
-    linearized = 0
-    stack: list[tuple[int, Hashable]] = []
-    cache: set[tuple[int, Hashable]] = set()
+    # The set of linearized operations, compactly: every operation numbered below ``low`` (in
+    # invocation order), plus bit k of ``window`` for operation ``low + k``. Operations are
+    # placed roughly in invocation order, so the window stays about as wide as the
+    # concurrency, however long the history.
+    low = 0
+    window = 0
+    # The stack of choices is a linked list of tuples (node, state before, low, window, rest),
+    # so that keeping the deepest one seen costs a reference, not a copy.
+    stack: _Stack = None
+    cache: set[tuple[int, int, Hashable]] = set()
     cache_max = limits.cache_entries_max
+    forgotten = 0
     best_node = -1
-    best_stack: list[int] = []
+    best_stack: _Stack = None
     counter = 0
     entry = nxt[0]
+    # Each walk from the head first places the reads that fit (they cost no branch), then
+    # tries the other operations in invocation order.
+    reads_first = True
     while remaining:
         counter += 1
         if counter % DEADLINE_CHECK_EVERY == 0:
@@ -168,29 +201,42 @@ def search(  # noqa: PLR0912, PLR0915
                 return finish(
                     Verdict.UNKNOWN,
                     reason="deadline",
-                    cache_entries=len(cache),
+                    cache_entries=len(cache) + forgotten,
                     steps=counter,
                 )
             if len(cache) > cache_max:
-                return finish(
-                    Verdict.UNKNOWN,
-                    reason=f"cache_entries_max={cache_max} reached",
-                    cache_entries=len(cache),
-                    steps=counter,
-                )
+                # Forget configurations behind the oldest unplaced operation: the search
+                # rarely goes back there, and the cache only saves work, it decides nothing.
+                kept = {config for config in cache if config[0] >= low}
+                if len(kept) > cache_max // 2:
+                    return finish(
+                        Verdict.UNKNOWN,
+                        reason=f"cache_entries_max={cache_max} reached",
+                        cache_entries=len(cache) + forgotten,
+                        steps=counter,
+                    )
+                forgotten += len(cache) - len(kept)
+                cache = kept
         i = op_of[entry]
         if is_call[entry]:
+            if reads_first and not is_read[i]:
+                entry = nxt[entry]
+                continue
             after = steps[i](state)
             if after is not INVALID:
-                bit = bits[i] if bits is not None else 1 << i
-                config = (linearized | bit, after)
+                if i == low:
+                    wide = window | 1
+                    ones = (wide ^ (wide + 1)).bit_length() - 1  # trailing ones
+                    config = (low + ones, wide >> ones, after)
+                else:
+                    config = (low, window | (1 << (i - low)), after)
                 if config not in cache:
                     cache.add(config)
                     # A read that fits now is placed now, without trying the alternatives:
                     # any linearization placing it later stays one with it moved here.
-                    stack.append((-entry if is_read[i] else entry, state))
+                    stack = (-entry if is_read[i] else entry, state, low, window, stack)
                     state = after
-                    linearized = config[0]
+                    low, window = config[0], config[1]
                     if is_ok[i]:
                         remaining -= 1
                     # Lift the call, then the return.
@@ -201,6 +247,7 @@ def search(  # noqa: PLR0912, PLR0915
                         prv[nxt[ret]] = prv[ret]
                         nxt[prv[ret]] = nxt[ret]
                     entry = nxt[0]
+                    reads_first = True
                     continue
                 if not is_read[i]:
                     entry = nxt[entry]
@@ -209,19 +256,22 @@ def search(  # noqa: PLR0912, PLR0915
             else:
                 entry = nxt[entry]
                 continue
+        elif reads_first:
+            reads_first = False
+            entry = nxt[0]
+            continue
         else:
             # A return: its operation was not placed in time.
             invariant(entry != end, "the search walked past every pending return")
             if entry > best_node:
                 best_node = entry
-                best_stack = [op_of[abs(node)] for node, _ in stack]
+                best_stack = stack
         # Undo choices back to the last one that had alternatives (reads had none).
-        while stack:
-            node, state = stack.pop()
+        while stack is not None:
+            node, state, low, window, stack = stack
             forced = node < 0
             node = abs(node)
             i = op_of[node]
-            linearized ^= bits[i] if bits is not None else 1 << i
             if is_ok[i]:
                 remaining += 1
             ret = ret_node[i]
@@ -236,17 +286,17 @@ def search(  # noqa: PLR0912, PLR0915
         else:
             break
     else:
-        return finish(Verdict.VALID, cache_entries=len(cache), steps=counter)
+        return finish(Verdict.VALID, cache_entries=len(cache) + forgotten, steps=counter)
 
     stuck = op_of[best_node]
     prefix = sum(1 for node in range(1, best_node) if not is_call[node])
     witness = sum(1 for node in range(1, best_node) if is_call[node])
     return finish(
         Verdict.INVALID,
-        linearization=[prepared[i][0].id for i in best_stack],
+        linearization=_unwind(best_stack, op_of, prepared),
         stuck_op=prepared[stuck][0].id,
         prefix_ops=prefix,
         witness_ops=witness,
-        cache_entries=len(cache),
+        cache_entries=len(cache) + forgotten,
         steps=counter,
     )
