@@ -22,9 +22,10 @@ map (and refreshes a directory strategy's cache), adopts it, and routes again, a
 ``stale_wait_s``: during a cut-over writes are delayed, not failed.
 
 Cross-shard writes. :meth:`Router.write` runs statements for several keys. When they all land
-on one shard they run in one local transaction. When they span shards the router refuses
-them with :class:`~phalanx.sharding.CrossShardWrite`: atomic cross-shard commit belongs to
-:mod:`phalanx.txn` (two-phase commit), which the router does not drive yet.
+on one shard they run in one local transaction. When they span shards they go through
+``cross_shard`` (a :class:`~phalanx.sharding.crossshard.TwoPhaseCommitWriter` over a
+:mod:`phalanx.txn` coordinator: all or nothing); a router without one refuses them with
+:class:`~phalanx.sharding.CrossShardWrite`.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from phalanx.clock import SYSTEM_CLOCK, Clock
 from phalanx.errors import BadRequest, BulkheadFull, PhalanxError, Timeout
 from phalanx.resilience import Bulkhead, TimeLimiter
 from phalanx.sharding.backend import Guard, Row, ShardBackend, Statement
+from phalanx.sharding.crossshard import CrossShardWriter
 from phalanx.sharding.errors import (
     CrossShardWrite,
     SchemaVersionUnsupported,
@@ -130,6 +132,7 @@ class Router:
         schema_versions: tuple[int, int] | None = None,
         stale_wait_s: float = 5.0,
         load_tracker: LoadTracker | None = None,
+        cross_shard: CrossShardWriter | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         if policy not in POLICIES:
@@ -140,6 +143,7 @@ class Router:
         self.schema_versions = schema_versions
         self.stale_wait_s = stale_wait_s
         self.load_tracker = load_tracker
+        self.cross_shard = cross_shard
         self._backends = dict(backends)
         self._reload = reload
         self._clock = clock
@@ -284,20 +288,35 @@ class Router:
         return await self._routed(key, lambda b, g: b.fetch(sql, params, g), read=True)
 
     async def write(self, items: Iterable[tuple[Key, str, Sequence[Any]]]) -> list[int]:
-        """Statements for several keys, atomically: one local transaction when they share a
-        shard; :class:`CrossShardWrite` when they do not (see the module docstring)."""
+        """Statements for several keys, atomically; row counts in the order given.
+
+        One local transaction when they share a shard; two-phase commit through
+        ``cross_shard`` when they do not, or :class:`CrossShardWrite` without one (see the
+        module docstring)."""
         listed = list(items)
         if not listed:
             return []
-        shards = {self.strategy.shard_for(key) for key, _, _ in listed}
-        if len(shards) > 1:
+        owners = [self.strategy.shard_for(key) for key, _, _ in listed]
+        if len(set(owners)) == 1:
+            return await self.run(listed[0][0], [(sql, params) for _, sql, params in listed])
+        if self.cross_shard is None:
             self._cross += 1
             raise CrossShardWrite(
-                f"write spans shards {sorted(shards)}; cross-shard writes need phalanx.txn "
-                "two-phase commit, which the router does not drive yet: write per shard, or "
-                "choose a shard key that keeps these rows together"
+                f"write spans shards {sorted(set(owners))} and this router has no cross-shard "
+                "writer: pass Router(cross_shard=TwoPhaseCommitWriter(coordinator)) "
+                "(phalanx.txn two-phase commit), write per shard, or choose a shard key that "
+                "keeps these rows together"
             )
-        return await self.run(listed[0][0], [(sql, params) for _, sql, params in listed])
+        work: dict[str, list[Statement]] = {}
+        for owner, (_, sql, params) in zip(owners, listed, strict=True):
+            work.setdefault(owner, []).append((sql, params))
+        counts = await self.cross_shard.write(work, self._guard())
+        positions = dict.fromkeys(work, 0)
+        ordered = []
+        for owner in owners:
+            ordered.append(counts[owner][positions[owner]])
+            positions[owner] += 1
+        return ordered
 
     # -- every shard ------------------------------------------------------------------------
 
