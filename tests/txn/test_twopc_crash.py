@@ -136,8 +136,7 @@ def run_child(world: World, row: str, stop: str, *, vote_no: bool = False) -> li
 
 def close_all(participants: list[Any]) -> None:
     for p in participants:
-        if isinstance(p, SqliteParticipant):
-            p.close()
+        p.close()
 
 
 @pytest.mark.parametrize("stop", COMMIT_STEPS)

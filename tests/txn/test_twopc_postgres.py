@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -26,7 +27,7 @@ from phalanx.txn.twopc import (
 @pytest.fixture
 def participants(
     tpc: ModuleType, tpc_pair: tuple[Any, Any], request: pytest.FixtureRequest
-) -> tuple[PostgresParticipant, PostgresParticipant]:
+) -> Iterator[tuple[PostgresParticipant, PostgresParticipant]]:
     name = f"t{abs(hash(request.node.name)) % 10**8}"
     made = []
     for label, server in zip(("a", "b"), tpc_pair, strict=True):
@@ -36,7 +37,9 @@ def participants(
             conn.execute("ALTER TABLE accounts ADD CHECK (balance >= 0)")
             conn.execute("INSERT INTO accounts VALUES ('x', 10)")
         made.append(PostgresParticipant(label, dsn))
-    return made[0], made[1]
+    yield made[0], made[1]
+    for participant in made:
+        participant.close()
 
 
 def balance(participant: PostgresParticipant) -> int:

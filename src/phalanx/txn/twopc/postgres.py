@@ -10,6 +10,10 @@ and finishes them from a fresh connection. ``COMMIT PREPARED`` of a gid the serv
 hold raises ``UndefinedObject``: phase 2 treats it as done, since only a commit the log holds
 is ever committed and nobody else removes a prepared branch of Phalanx's.
 
+Branch connections are reused: a connection whose branch finished cleanly goes back to a
+small idle pool (``idle_connections_max``) instead of being closed, since opening one costs
+more than the whole protocol.
+
 The server needs ``max_prepared_transactions`` > 0 (the default is 0): at least the number of
 branches that may be prepared at once on it.
 """
@@ -33,10 +37,29 @@ __all__ = ["PostgresBranch", "PostgresParticipant"]
 class PostgresParticipant:
     """One PostgreSQL database (``conninfo``) as a participant named ``name``."""
 
-    def __init__(self, name: str, conninfo: str, *, connect_timeout_s: int = 5) -> None:
+    def __init__(
+        self,
+        name: str,
+        conninfo: str,
+        *,
+        connect_timeout_s: int = 5,
+        idle_connections_max: int = 8,
+    ) -> None:
         self._name = check_name("participant", name)
         self.conninfo = conninfo
         self.connect_timeout_s = connect_timeout_s
+        if idle_connections_max < 0:
+            raise ValueError(f"idle_connections_max: must be >= 0, got {idle_connections_max}")
+        self.idle_connections_max = idle_connections_max
+        self._idle: list[psycopg.Connection[Any]] = []
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the idle connections."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
 
     @property
     def name(self) -> str:
@@ -48,7 +71,10 @@ class PostgresParticipant:
         )
 
     def begin(self, branch_gid: str) -> PostgresBranch:
-        conn = self.connect()
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = self.connect()
         try:
             conn.tpc_begin(branch_gid)
         except BaseException:
@@ -69,6 +95,15 @@ class PostgresParticipant:
 
     def rollback_prepared(self, branch_gid: str) -> None:
         self._finish(branch_gid, Decision.ABORT)
+
+    def _release(self, conn: psycopg.Connection[Any]) -> None:
+        usable = not conn.closed and not conn.broken
+        if usable and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            with self._lock:
+                if len(self._idle) < self.idle_connections_max:
+                    self._idle.append(conn)
+                    return
+        conn.close()
 
     def _finish(self, branch_gid: str, decision: Decision) -> None:
         with self.connect(autocommit=True) as conn:
@@ -124,4 +159,9 @@ class PostgresBranch:
 
     def close(self) -> None:
         # An unprepared branch dies with its connection; a prepared one stays on the server.
-        self.connection.close()
+        # A finished branch's connection is clean and goes back to the idle pool.
+        with self._lock:
+            if self._finished:
+                self.participant._release(self.connection)
+            else:
+                self.connection.close()

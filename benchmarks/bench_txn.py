@@ -1,0 +1,186 @@
+"""Two-phase commit over two PostgreSQL servers, run by hand (numbers go to docs/benchmarks.md,
+section "Transactions"):
+
+    .venv/bin/python benchmarks/bench_txn.py [--transactions N]
+
+It starts two throwaway PostgreSQL servers that allow prepared transactions (the helpers of
+``tests/txn/tpc_servers.py``), then measures, with one client doing one transaction at a time:
+
+* ``plain``: an INSERT on each server, committed one after the other (not atomic);
+* ``2pc``: the same writes as one global transaction, decision log in SQLite (FULL sync);
+* ``2pc, memory log``: the same with the in-memory log, to show what the log costs;
+* the blocking window: how long each participant holds its branch prepared (locks held,
+  outcome not yet known) from its prepare to its commit;
+* the window after a coordinator crash: a coordinator process is SIGKILLed right after it
+  logged the commit; a new process starts and recovers; we time from the kill until every
+  branch is committed.
+
+The servers run with fsync off (as in the tests), so the numbers show the protocol's round
+trips and the log's fsync, not the servers' disks. It reports; it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "txn")]
+
+import psycopg  # noqa: E402
+import tpc_servers  # noqa: E402 - tests/txn/tpc_servers.py, after extending sys.path
+
+from phalanx.txn.twopc import (  # noqa: E402
+    Coordinator,
+    DecisionLog,
+    MemoryDecisionLog,
+    PostgresBranch,
+    PostgresParticipant,
+    SqliteDecisionLog,
+)
+
+CHILD = ROOT / "tests" / "txn" / "twopc_child.py"
+RECOVER = """
+import sys
+from phalanx.txn.twopc import Coordinator, PostgresParticipant, SqliteDecisionLog
+from phalanx.txn.twopc import SqliteParticipant
+log = SqliteDecisionLog(sys.argv[1])
+ps = [PostgresParticipant("a", sys.argv[2]), PostgresParticipant("b", sys.argv[3]),
+      SqliteParticipant("s", sys.argv[4])]
+with Coordinator("c1", log, ps) as c:
+    assert c.recover().errors == []
+"""
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def report(name: str, samples_s: list[float], *, rate: bool = True) -> None:
+    p50, p99 = percentile(samples_s, 0.5) * 1e3, percentile(samples_s, 0.99) * 1e3
+    per_s = f"{len(samples_s) / sum(samples_s):8.0f} txn/s" if rate else ""
+    sys.stdout.write(f"{name:34s} p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  {per_s}\n")
+
+
+def bench_plain(dsn_a: str, dsn_b: str, count: int) -> list[float]:
+    samples = []
+    with psycopg.connect(dsn_a) as conn_a, psycopg.connect(dsn_b) as conn_b:
+        for i in range(count):
+            start = time.perf_counter()
+            for conn in (conn_a, conn_b):
+                conn.execute("INSERT INTO t VALUES (%s)", (f"plain-{i}",))
+                conn.commit()
+            samples.append(time.perf_counter() - start)
+    return samples
+
+
+def bench_2pc(
+    log: DecisionLog, dsn_a: str, dsn_b: str, count: int, tag: str
+) -> tuple[list[float], list[float]]:
+    participants = [PostgresParticipant("a", dsn_a), PostgresParticipant("b", dsn_b)]
+    prepared_at: dict[str, float] = {}
+    windows: list[float] = []
+
+    def observe(step: str) -> None:
+        kind, _, name = step.partition(":")
+        if kind == "prepared":
+            prepared_at[name] = time.perf_counter()
+        elif kind == "finished" and name in prepared_at:
+            windows.append(time.perf_counter() - prepared_at.pop(name))
+
+    samples = []
+    with Coordinator("bench", log, participants, observer=observe) as coordinator:
+        for i in range(count):
+            start = time.perf_counter()
+            txn = coordinator.begin()
+            for name in ("a", "b"):
+                branch = txn.enlist(name)
+                assert isinstance(branch, PostgresBranch)
+                branch.connection.execute("INSERT INTO t VALUES (%s)", (f"{tag}-{i}",))
+            txn.commit()
+            samples.append(time.perf_counter() - start)
+    for participant in participants:
+        participant.close()
+    return samples, windows
+
+
+def crash_window(base: Path, dsn_a: str, dsn_b: str, rounds: int) -> list[float]:
+    sqlite_path = base / "s.db"
+    with sqlite3.connect(sqlite_path) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS t (id TEXT PRIMARY KEY)")
+    conn.close()
+    log_path = base / "crash-log.db"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    samples = []
+    for i in range(rounds):
+        args = [str(log_path), dsn_a, dsn_b, str(sqlite_path), f"crash-{i}", "decided:commit"]
+        child = subprocess.Popen(
+            [sys.executable, str(CHILD), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        assert child.stdout is not None
+        while child.stdout.readline().strip() not in ("STOP", ""):
+            pass
+        start = time.perf_counter()
+        child.send_signal(signal.SIGKILL)
+        child.communicate()
+        recover = [sys.executable, "-c", RECOVER, str(log_path), dsn_a, dsn_b, str(sqlite_path)]
+        subprocess.run(recover, check=True, env=env)
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--transactions", type=int, default=1000)
+    parser.add_argument("--crash-rounds", type=int, default=5)
+    args = parser.parse_args()
+    servers: list[Any] = []
+    try:
+        servers = [tpc_servers.start_tpc_server(), tpc_servers.start_tpc_server()]
+        dsns = []
+        for server in servers:
+            dsn = tpc_servers.create_database(server, "bench")
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("CREATE TABLE t (id text PRIMARY KEY)")
+            dsns.append(dsn)
+        dsn_a, dsn_b = dsns
+        count = args.transactions
+        with tempfile.TemporaryDirectory(prefix="bench-txn-") as tmp:
+            base = Path(tmp)
+            report("plain (two local commits)", bench_plain(dsn_a, dsn_b, count))
+            runs: list[tuple[str, Callable[[], DecisionLog]]] = [
+                ("2pc, SQLite log (FULL)", lambda: SqliteDecisionLog(base / "log.db")),
+                ("2pc, memory log", MemoryDecisionLog),
+            ]
+            for name, make_log in runs:
+                samples, windows = bench_2pc(make_log(), dsn_a, dsn_b, count, name[:8])
+                report(name, samples)
+                report("  blocking window (prepared)", windows, rate=False)
+            crash = crash_window(base, dsn_a, dsn_b, args.crash_rounds)
+            median_s = percentile(crash, 0.5)
+            sys.stdout.write(
+                f"window after a coordinator SIGKILL, restart + recover: "
+                f"median {median_s * 1e3:.0f} ms, max {max(crash) * 1e3:.0f} ms "
+                f"({len(crash)} rounds)\n"
+            )
+    finally:
+        for server in servers:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()
