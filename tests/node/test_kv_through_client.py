@@ -9,7 +9,7 @@ import pytest
 
 from node_cluster import cluster, endpoint, leader_of, until
 from phalanx.client import AsyncClient
-from phalanx.errors import NoQuorum
+from phalanx.errors import NoQuorum, Unavailable
 from phalanx.kv import Compare, CompareOp, CompareTarget, Put, Range
 from phalanx.kv.errors import Compacted, LeaseNotFound
 
@@ -157,3 +157,27 @@ async def test_status_and_leadership_transfer(tmp_path: Path) -> None:
             target = next(i for i in nodes if i != leader.id)
             await client.transfer_leadership(target)
             await until(lambda: nodes[target].is_leader, "the transfer")
+
+
+async def test_pending_proposals_limit_refuses_before_proposing(tmp_path: Path) -> None:
+    async with cluster(tmp_path, pending_proposals_max=2) as nodes:
+        leader = await leader_of(nodes)
+        results = await asyncio.gather(
+            *(leader.put(b"k%d" % i, b"v") for i in range(6)), return_exceptions=True
+        )
+        refused = [r for r in results if isinstance(r, Unavailable)]
+        assert len(refused) == 4
+        assert all("pending_proposals_max" in str(r) for r in refused)
+        assert leader.store.get(b"k", b"l").count == 2
+
+
+async def test_graceful_close_hands_leadership_over(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as nodes:
+        leader = await leader_of(nodes)
+        await leader.put(b"k", b"v")
+        await leader.aclose()
+        assert leader.handed_over_to != 0
+        rest = {i: n for i, n in nodes.items() if n is not leader}
+        successor = await leader_of(rest)
+        assert successor.id == leader.handed_over_to
+        assert await successor.get(b"k") == b"v"

@@ -87,6 +87,9 @@ SNAPSHOT_ENTRIES = 10_000
 #: Entries kept in the log behind a snapshot, so a follower that lags by fewer catches up
 #: from the log instead of receiving the whole snapshot.
 SNAPSHOT_KEEP_ENTRIES = 2_000
+#: Proposals one node may have waiting for their entries to apply; beyond it new writes
+#: are refused with ``Unavailable`` (nothing proposed) instead of queueing without bound.
+PENDING_PROPOSALS_MAX = 10_000
 _NO_EXPIRY = 1 << 62
 
 
@@ -123,15 +126,17 @@ class RaftNode:
         snapshot_entries: int = SNAPSHOT_ENTRIES,
         snapshot_keep_entries: int = SNAPSHOT_KEEP_ENTRIES,
         transfer_on_close: bool = True,
+        pending_proposals_max: int = PENDING_PROPOSALS_MAX,
     ) -> None:
-        if tick_interval_s <= 0:
-            raise ValueError(f"tick_interval_s: must be > 0, got {tick_interval_s}")
-        if request_timeout_s <= 0:
-            raise ValueError(f"request_timeout_s: must be > 0, got {request_timeout_s}")
+        _check_options(
+            tick_interval_s=tick_interval_s,
+            request_timeout_s=request_timeout_s,
+            snapshot_entries=snapshot_entries,
+            snapshot_keep_entries=snapshot_keep_entries,
+            pending_proposals_max=pending_proposals_max,
+        )
         if node_id in peers:
             raise ValueError(f"peers: must not contain this node's own id {node_id}")
-        if snapshot_entries < 1 or snapshot_keep_entries < 0:
-            raise ValueError("snapshot_entries must be >= 1 and snapshot_keep_entries >= 0")
         self.id = node_id
         self.data_dir = Path(data_dir)
         self.tick_interval_s = tick_interval_s
@@ -143,6 +148,7 @@ class RaftNode:
         self._snapshot_entries = snapshot_entries
         self._snapshot_keep_entries = snapshot_keep_entries
         self._transfer_on_close = transfer_on_close
+        self.pending_proposals_max = pending_proposals_max
         # Validate the Raft settings now rather than at start().
         self._config = Config(
             id=node_id, election_ticks=election_ticks, heartbeat_ticks=heartbeat_ticks
@@ -179,6 +185,8 @@ class RaftNode:
         self.startup_commit_index: int | None = None
         self._client_listen = client_listen
         self._client_server: ClientServer | None = None
+        #: The voter this node handed leadership to when it closed (0: none).
+        self.handed_over_to = 0
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -264,7 +272,9 @@ class RaftNode:
         raise ``Timeout``."""
         if self._transfer_on_close and self._runner is not None and not self._closed:
             with contextlib.suppress(PhalanxError, RuntimeError):
-                await self.transfer_leadership(timeout_s=self._election_timeout_s())
+                self.handed_over_to = await self.transfer_leadership(
+                    timeout_s=self._election_timeout_s()
+                )
         self._closed = True
         server, self._client_server = self._client_server, None
         if server is not None:
@@ -626,6 +636,12 @@ class RaftNode:
             Proposal(command, _now_ms(), client_id, seq, acked_seq), self.store.limits
         )
         self._check_leader(node)
+        if len(self._proposals) >= self.pending_proposals_max:
+            raise Unavailable(
+                f"pending_proposals_max {self.pending_proposals_max} writes are in flight; "
+                "nothing was proposed",
+                retry_after_s=self.tick_interval_s,
+            )
         try:
             node.propose(data)
         except ProposalDropped as exc:
@@ -822,6 +838,24 @@ class RaftNode:
 
     def __repr__(self) -> str:
         return f"RaftNode(id={self.id}, data_dir={str(self.data_dir)!r})"
+
+
+def _check_options(
+    *,
+    tick_interval_s: float,
+    request_timeout_s: float,
+    snapshot_entries: int,
+    snapshot_keep_entries: int,
+    pending_proposals_max: int,
+) -> None:
+    if tick_interval_s <= 0:
+        raise ValueError(f"tick_interval_s: must be > 0, got {tick_interval_s}")
+    if request_timeout_s <= 0:
+        raise ValueError(f"request_timeout_s: must be > 0, got {request_timeout_s}")
+    if snapshot_entries < 1 or snapshot_keep_entries < 0:
+        raise ValueError("snapshot_entries must be >= 1 and snapshot_keep_entries >= 0")
+    if pending_proposals_max < 1:
+        raise ValueError(f"pending_proposals_max: must be >= 1, got {pending_proposals_max}")
 
 
 def _now_ms() -> int:
