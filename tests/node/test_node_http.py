@@ -7,13 +7,20 @@ cluster with the server on a loopback port picked by the OS. Every wait has a de
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import json
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
+from loopback import free_ports
 from phalanx.clock import ManualClock
 from phalanx.health import HealthRegistry
 from phalanx.node import RaftNode
@@ -44,6 +51,11 @@ class FakeNode:
     def __init__(self) -> None:
         self.opened = False
         self.state = FakeStatus()
+        self.startup_commit_index: int | None = None
+
+    @property
+    def started(self) -> bool:
+        return self.opened
 
     def status(self) -> FakeStatus:
         if not self.opened:
@@ -95,7 +107,7 @@ async def test_startup_waits_for_the_node_to_open_and_replay_its_log(
 ) -> None:
     code, status, message = await probe(http, "/startup")
     assert (code, status) == (503, "starting")
-    assert "node not open" in message
+    assert message == "node not running"
     # Liveness and readiness are held back until startup completes.
     assert (await http.get("/healthz")).status_code == 503
     assert (await http.get("/ready")).json()["status"] == "starting"
@@ -121,6 +133,12 @@ async def test_ready_needs_a_leader_and_the_commit_index_learned_at_start(
     assert code == 503
     assert message == "no leader known in term 2"
 
+    node.state = FakeStatus(term=2, leader=1, commit=0, applied=0)
+    code, _, message = await probe(http, "/ready")
+    assert code == 503
+    assert message == "no commit index learned yet (leader 1)"
+
+    node.startup_commit_index = 30
     node.state = FakeStatus(term=2, leader=1, commit=30, applied=5)
     code, _, message = await probe(http, "/ready")
     assert code == 503
@@ -131,13 +149,17 @@ async def test_ready_needs_a_leader_and_the_commit_index_learned_at_start(
     assert (code, status) == (200, "ok")
     assert message == "leader 1 in term 2; applied 30, commit 50"
 
-    # Caught up once: a later lag does not take the node out of rotation, losing the leader does.
+    # Caught up once: a later lag does not take the node out of rotation, losing the leader
+    # or closing does.
     node.state = FakeStatus(term=2, leader=1, commit=90, applied=60)
     assert (await http.get("/ready")).status_code == 200
     node.state = FakeStatus(term=3, leader=0, commit=90, applied=90)
     assert (await http.get("/ready")).status_code == 503
     node.state = FakeStatus(term=4, leader=2, commit=95, applied=90)
     assert (await http.get("/ready")).status_code == 200
+    node.opened = False
+    code, _, message = await probe(http, "/ready")
+    assert (code, message) == (503, "node not running")
 
 
 async def test_liveness_follows_the_event_loop_lag(
@@ -261,3 +283,53 @@ async def test_the_monitor_measures_the_running_loop() -> None:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def test_a_node_process_serves_ready_and_metrics_and_logs_json(tmp_path: Path) -> None:
+    peer_port, client_port, http_port = free_ports(3)
+    stderr_path = tmp_path / "stderr.log"
+    with stderr_path.open("wb") as stderr:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from phalanx.cli.main import main; main()",
+                "node",
+                "--id=1",
+                f"--data-dir={tmp_path / 'n1'}",
+                f"--peer-listen=127.0.0.1:{peer_port}",
+                f"--client-listen=127.0.0.1:{client_port}",
+                f"--cluster=1=127.0.0.1:{peer_port}/127.0.0.1:{client_port}",
+                "--tick-ms=20",
+                f"--http-listen=127.0.0.1:{http_port}",
+                "--log-format=json",
+                "--log-level=info",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{http_port}", trust_env=False) as http:
+            deadline = time.monotonic() + DEADLINE_S
+            while True:
+                with contextlib.suppress(httpx.TransportError):
+                    if http.get("/ready").status_code == 200:
+                        break
+                if time.monotonic() > deadline or process.poll() is not None:
+                    pytest.fail(f"/ready not 200 within {DEADLINE_S} s: {stderr_path.read_text()}")
+                time.sleep(0.05)
+            metrics = http.get("/metrics").text
+        assert "phalanx_node_is_leader 1.0" in metrics
+        assert "phalanx_node_has_leader 1.0" in metrics
+        assert "phalanx_node_fsync_duration_seconds_count" in metrics
+        assert "process_resident_memory_bytes" in metrics
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=DEADLINE_S) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=DEADLINE_S)
+    records = [json.loads(line) for line in stderr_path.read_text().splitlines()]
+    assert records
+    assert all(r["node_id"] == 1 and {"ts", "level", "logger", "msg"} <= r.keys() for r in records)
+    assert any("serving health and metrics" in r["msg"] for r in records)

@@ -9,7 +9,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from phalanx.node.logs import EXTRA_CHARS_MAX, MSG_CHARS_MAX, configure_logging
+from phalanx.node.logs import (
+    EXTRA_CHARS_MAX,
+    LOG_FORMATS,
+    LOG_LEVELS,
+    MSG_CHARS_MAX,
+    configure_logging,
+)
 
 
 @pytest.fixture
@@ -104,3 +110,10 @@ def test_long_messages_and_extras_are_cut_at_their_limits() -> None:
 def test_bad_settings_name_the_field(field: str, kwargs: dict[str, str]) -> None:
     with pytest.raises(ValueError, match=field):
         configure_logging(1, **kwargs)
+
+
+def test_the_cli_offers_the_formats_and_levels_the_module_knows() -> None:
+    from phalanx.cli import node as cli_node
+
+    assert cli_node._LOG_FORMATS == LOG_FORMATS
+    assert cli_node._LOG_LEVELS == LOG_LEVELS

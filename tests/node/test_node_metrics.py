@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import pytest
 from prometheus_client import generate_latest
 
+from loopback import free_ports
+from phalanx.client import AsyncClient
+from phalanx.node import RaftNode
 from phalanx.node.metrics import LABEL_VALUES_MAX, PrometheusNodeObserver
 from phalanx.node.observer import NodeObserver
 
@@ -106,6 +115,15 @@ def test_peer_queue_bytes_are_read_at_scrape_time() -> None:
     assert value(observer, "phalanx_node_peer_queue_bytes", peer="2") == 0
 
 
+def test_peers_can_be_watched_after_construction_once() -> None:
+    observer = PrometheusNodeObserver()
+    assert value(observer, "phalanx_node_peer_queue_bytes", peer="2") is None
+    observer.watch_peers(lambda: {2: 10})
+    assert value(observer, "phalanx_node_peer_queue_bytes", peer="2") == 10
+    with pytest.raises(ValueError, match="peer_queue_bytes"):
+        observer.watch_peers(dict)
+
+
 def test_a_failing_peer_source_leaves_the_rest_of_the_scrape() -> None:
     def closed() -> dict[int, int]:
         raise RuntimeError("the node is not started")
@@ -121,3 +139,94 @@ def test_process_metrics_on_request() -> None:
     assert value(PrometheusNodeObserver(), "process_open_fds") is None
     with_process = PrometheusNodeObserver(process_metrics=True)
     assert (value(with_process, "process_open_fds") or 0) > 0
+
+
+# -- a real cluster ---------------------------------------------------------------------------
+
+IDS = (1, 2, 3)
+TICK_S = 0.02
+DEADLINE_S = 10.0
+
+
+def requests_ok(observer: PrometheusNodeObserver) -> float:
+    """Client requests answered ok, over every operation."""
+    return sum(
+        sample.value
+        for family in observer.registry.collect()
+        for sample in family.samples
+        if sample.name == "phalanx_node_request_duration_seconds_count"
+        and sample.labels["outcome"] == "ok"
+    )
+
+
+async def until(predicate: Callable[[], bool], what: str) -> None:
+    try:
+        async with asyncio.timeout(DEADLINE_S):
+            while True:
+                if predicate():
+                    return
+                await asyncio.sleep(TICK_S)
+    except TimeoutError:
+        pytest.fail(f"not within {DEADLINE_S} s: {what}")
+
+
+async def test_a_three_node_cluster_reports_through_its_observers(tmp_path: Path) -> None:
+    ports = free_ports(2 * len(IDS))
+    peer = {i: ("127.0.0.1", ports[2 * k]) for k, i in enumerate(IDS)}
+    client = {i: ("127.0.0.1", ports[2 * k + 1]) for k, i in enumerate(IDS)}
+    observers = {i: PrometheusNodeObserver() for i in IDS}
+    async with AsyncExitStack() as stack:
+        nodes: dict[int, RaftNode] = {}
+        for i in IDS:
+            node = RaftNode(
+                i,
+                tmp_path / f"n{i}",
+                peer[i],
+                {j: a for j, a in peer.items() if j != i},
+                cluster_id="test-metrics",
+                tick_interval_s=TICK_S,
+                client_listen=client[i],
+                client_addrs=client,
+                observer=observers[i],
+            )
+            transport_statistics = node.transport_statistics
+            observers[i].watch_peers(
+                lambda stats=transport_statistics: {
+                    p: s.queue_bytes for p, s in stats().peers.items()
+                }
+            )
+            nodes[i] = await stack.enter_async_context(node)
+
+        def one_leader_known() -> bool:
+            leaders = [o for o in observers.values() if value(o, "phalanx_node_is_leader") == 1]
+            return len(leaders) == 1 and all(
+                value(o, "phalanx_node_has_leader") == 1 for o in observers.values()
+            )
+
+        await until(one_leader_known, "one leader, known to every node")
+        leader_id = next(i for i, n in nodes.items() if n.is_leader)
+        leader = observers[leader_id]
+
+        async with AsyncClient([f"{h}:{p}" for h, p in client.values()]) as kv:
+            await kv.put(b"k", b"v")
+        applied = nodes[leader_id].store.applied_index
+        await until(
+            lambda: all(
+                value(o, "phalanx_node_applied_index") == applied for o in observers.values()
+            ),
+            "every node reports the put applied",
+        )
+        assert requests_ok(leader) >= 1
+        assert (value(leader, "phalanx_node_proposals_total", kind="kv") or 0) >= 1
+        assert value(leader, "phalanx_node_role", role="leader") == 1
+        for i, observer in observers.items():
+            assert value(observer, "phalanx_node_commit_index") == applied
+            assert (value(observer, "phalanx_node_fsync_duration_seconds_count") or 0) > 0
+            assert (value(observer, "phalanx_node_leader_changes_total") or 0) >= 1
+            assert value(observer, "phalanx_node_leader_id") == leader_id
+            assert value(observer, "phalanx_node_term") == nodes[i].status().term
+            for other in IDS:
+                if other != i:
+                    queued = value(observer, "phalanx_node_peer_queue_bytes", peer=str(other))
+                    assert queued is not None
+                    assert queued >= 0

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import click
 
 from phalanx.node.cluster_spec import Address, parse_address, parse_cluster
+
+# Kept here rather than imported from phalanx.node.logs: `phalanx --help` stays light.
+_LOG_FORMATS = ("text", "json")
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 def _address(_ctx: click.Context, _param: click.Parameter, value: str) -> Address:
@@ -12,6 +18,12 @@ def _address(_ctx: click.Context, _param: click.Parameter, value: str) -> Addres
         return parse_address(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+def _optional_address(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> Address | None:
+    return None if value is None else _address(ctx, param, value)
 
 
 @click.command()
@@ -56,6 +68,25 @@ def _address(_ctx: click.Context, _param: click.Parameter, value: str) -> Addres
     "must have added this node (`phalanx cluster member add`). --cluster lists every member, "
     "this one included. Ignored once the data dir holds a log.",
 )
+@click.option(
+    "--http-listen",
+    callback=_optional_address,
+    help="host:port serving /healthz, /startup, /ready and /metrics (default: not served).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(_LOG_FORMATS),
+    default="text",
+    show_default=True,
+    help="Logs on stderr: text for people, json for one JSON object per line.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(_LOG_LEVELS, case_sensitive=False),
+    default="info",
+    show_default=True,
+    help="Lowest level of the records logged.",
+)
 def node(
     node_id: int,
     data_dir: str,
@@ -66,6 +97,9 @@ def node(
     tick_ms: int,
     fsync: bool,
     join: bool,
+    http_listen: Address | None,
+    log_format: Literal["text", "json"],
+    log_level: str,
 ) -> None:
     """Run one Phalanx node until SIGTERM or SIGINT."""
     from phalanx.node.process import run_node
@@ -86,4 +120,7 @@ def node(
         tick_interval_s=tick_ms / 1000,
         fsync=fsync,
         join=join,
+        http_listen=http_listen,
+        log_format=log_format,
+        log_level=log_level,
     )

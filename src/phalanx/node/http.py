@@ -6,18 +6,19 @@ One small ASGI app (:class:`NodeHttpApp`) answers four paths:
   every ``LOOP_BEAT_INTERVAL_S`` and records how late the loop woke it; the check fails when
   that lag, or the silence since the last beat, passes ``LOOP_LAG_S_MAX``. A loop blocked
   outright cannot answer at all, which the orchestrator's probe timeout turns into a failure.
-* ``/startup``: the log is replayed: the node is open and has applied every entry its own
-  log recorded as committed when the probe first found it open.
-* ``/ready``: the node knows a leader and has applied up to the commit index it learned at
-  start (the first time a probe found a leader known). Once caught up, only a known leader
-  is needed; a node that loses its leader is not ready until it finds one again.
+* ``/startup``: the log is replayed: the node runs and has applied again every entry its
+  log recorded as committed (the commit index when a probe first found it running).
+* ``/ready``: the node runs, knows a leader and has applied up to the commit index it
+  learned from the first leader it heard of. Once caught up, only a known leader is needed;
+  a node that loses its leader, or begins to close, is not ready.
 * ``/metrics``: the node's Prometheus registry (:mod:`phalanx.node.metrics`), in the text
   format or OpenMetrics, as the scraper's ``Accept`` header asks.
 
 The probes come from :mod:`phalanx.health` (registry, caching, timeouts, startup gating and
-the JSON answers); the checks here only need :class:`NodeView`, the node's ``status()``, so
-tests drive them with a fake node. :class:`NodeHttpServer` runs the app under uvicorn on the
-node process's own event loop, as a task it owns and cancels on :meth:`~NodeHttpServer.aclose`.
+the JSON answers); the checks here only need :class:`NodeView` (``status()``, ``started``,
+``startup_commit_index``), so tests drive them with a fake node. :class:`NodeHttpServer`
+runs the app under uvicorn on the node process's own event loop, as a task it owns and
+cancels on :meth:`~NodeHttpServer.aclose`.
 """
 
 from __future__ import annotations
@@ -90,9 +91,20 @@ class StatusView(Protocol):
 
 
 class NodeView(Protocol):
-    """The node, as the health checks see it: ``status()`` raises before the node is open."""
+    """The node, as the health checks see it (``RaftNode`` is one).
+
+    ``status()`` raises ``RuntimeError`` before the node is open; ``started`` is true from
+    the end of ``start()`` until ``aclose()`` begins; ``startup_commit_index`` is the commit
+    index the node learned from the first leader it heard of (None before that).
+    """
 
     def status(self) -> StatusView: ...
+
+    @property
+    def started(self) -> bool: ...
+
+    @property
+    def startup_commit_index(self) -> int | None: ...
 
 
 # -- liveness -------------------------------------------------------------------------------
@@ -152,26 +164,28 @@ class LoopMonitor:
 
 
 def _status(node: NodeView) -> StatusView:
+    if not node.started:
+        raise CheckFailed("node not running")
     try:
         return node.status()
-    except RuntimeError as exc:  # not started yet: the storage is still being opened
-        raise CheckFailed(f"node not open: {exc}") from None
+    except RuntimeError as exc:  # not open: still replaying, or already closed
+        raise CheckFailed(f"node not running: {exc}") from None
 
 
 class NodeChecks:
     """The startup and readiness checks of one node.
 
     Both are async so that they read the node on its own event loop (the Raft core is not
-    thread-safe). Each remembers the commit index it must see applied: startup, the commit
-    index found in the log when a probe first finds the node open; readiness, the commit index
-    when a probe first finds a leader known.
+    thread-safe). Startup waits for the entries the log recorded as committed to be applied
+    again (the state machine lives in memory): the target is the commit index when a probe
+    first finds the node running. Readiness waits for a known leader and for the commit index
+    the node learned from the first leader it heard of (``startup_commit_index``) to be
+    applied; once it is, only a known leader is needed.
     """
 
     def __init__(self, node: NodeView) -> None:
         self._node = node
         self._replay_target: int | None = None
-        self._catch_up_target: int | None = None
-        self._caught_up = False
 
     async def startup(self) -> str:
         status = _status(self._node)
@@ -186,15 +200,13 @@ class NodeChecks:
         status = _status(self._node)
         if status.leader == _NO_LEADER:
             raise CheckFailed(f"no leader known in term {status.term}")
-        if not self._caught_up:
-            if self._catch_up_target is None:
-                self._catch_up_target = status.commit
-            target = self._catch_up_target
-            if status.applied < target:
-                raise CheckFailed(
-                    f"catching up: applied {status.applied} of {target} (leader {status.leader})"
-                )
-            self._caught_up = True
+        target = self._node.startup_commit_index
+        if target is None:
+            raise CheckFailed(f"no commit index learned yet (leader {status.leader})")
+        if status.applied < target:
+            raise CheckFailed(
+                f"catching up: applied {status.applied} of {target} (leader {status.leader})"
+            )
         return (
             f"leader {status.leader} in term {status.term}; "
             f"applied {status.applied}, commit {status.commit}"

@@ -115,7 +115,8 @@ class _PeerQueueCollector(Collector):
 class PrometheusNodeObserver(NodeObserver):
     """Turns what a node reports into Prometheus series in its own registry.
 
-    ``peer_queue_bytes`` returns, per peer id, the bytes waiting to be written to it; it is
+    ``peer_queue_bytes`` (or :meth:`watch_peers`, for a node built after its observer)
+    returns, per peer id, the bytes waiting to be written to it; it is
     called at scrape time, on the thread that scrapes (the node's event loop when served by
     :mod:`phalanx.node.http`). ``process_metrics`` adds prometheus_client's ``process_*``
     series (CPU, memory, open files) for a registry that is the only one of its process.
@@ -210,10 +211,21 @@ class PrometheusNodeObserver(NodeObserver):
         self._last_role = ""
         self._known_leader = _NO_LEADER
         self._lock = threading.Lock()
+        self._peers_watched = False
         if peer_queue_bytes is not None:
-            reg.register(_PeerQueueCollector(peer_queue_bytes))
+            self.watch_peers(peer_queue_bytes)
         if process_metrics:
             ProcessCollector(registry=reg)
+
+    def watch_peers(self, peer_queue_bytes: Callable[[], Mapping[int, int]]) -> None:
+        """Export ``peer_queue_bytes()`` at every scrape (once the node exists to read from).
+
+        Only one source: a second call raises ``ValueError``.
+        """
+        if self._peers_watched:
+            raise ValueError("peer_queue_bytes: a source is already watched")
+        self.registry.register(_PeerQueueCollector(peer_queue_bytes))
+        self._peers_watched = True
 
     # -- NodeObserver -------------------------------------------------------------------------
 

@@ -1,8 +1,15 @@
-"""Running a ``RaftNode`` as a process: until SIGTERM or SIGINT, then a clean close."""
+"""Running a ``RaftNode`` as a process: until SIGTERM or SIGINT, then a clean close.
+
+The process also configures structured logs (:mod:`phalanx.node.logs`), reports the node's
+work to a :class:`~phalanx.node.metrics.PrometheusNodeObserver` and, with ``http_listen``,
+serves ``/healthz``, ``/startup``, ``/ready`` and ``/metrics`` (:mod:`phalanx.node.http`)
+from before the node opens until after it has closed.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -11,6 +18,9 @@ from pathlib import Path
 
 from phalanx.node.cluster_spec import Address, Member
 from phalanx.node.driver import RaftNode
+from phalanx.node.http import node_http_server
+from phalanx.node.logs import LogFormat, configure_logging
+from phalanx.node.metrics import PrometheusNodeObserver
 from phalanx.storage.limits import StorageLimits
 
 __all__ = ["run_node", "serve"]
@@ -29,12 +39,14 @@ async def serve(
     tick_interval_s: float,
     fsync: bool = True,
     join: bool = False,
+    http_listen: Address | None = None,
 ) -> None:
     """Start the node, wait for SIGTERM or SIGINT, close it."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    observer = PrometheusNodeObserver(process_metrics=True)
     node = RaftNode(
         node_id,
         data_dir,
@@ -46,8 +58,19 @@ async def serve(
         client_addrs={i: m.client for i, m in members.items()},
         storage_limits=StorageLimits(fsync=fsync),
         join=join,
+        observer=observer,
     )
-    async with node:
+    observer.watch_peers(
+        lambda: {peer: s.queue_bytes for peer, s in node.transport_statistics().peers.items()}
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        # Serving from before the node opens, so /startup can say it is still replaying.
+        http = None
+        if http_listen is not None:
+            http = node_http_server(node, observer.registry, http_listen)
+            await stack.enter_async_context(http)
+            _log.info("node %d serving health and metrics on http://%s:%d", node_id, *http.address)
+        await stack.enter_async_context(node)
         _log.info(
             "node %d serving peers on %s:%d, clients on %s:%d",
             node_id,
@@ -56,6 +79,8 @@ async def serve(
         )
         _say(f"phalanx node {node_id} ready")
         await stop.wait()
+        if http is not None:
+            http.health.set_ready(ready=False, reason="shutting down")
     _say(f"phalanx node {node_id} stopped")
 
 
@@ -75,7 +100,11 @@ def run_node(
     tick_interval_s: float,
     fsync: bool = True,
     join: bool = False,
+    http_listen: Address | None = None,
+    log_format: LogFormat = "text",
+    log_level: str = "info",
 ) -> None:
+    configure_logging(node_id, log_format=log_format, level=log_level)
     asyncio.run(
         serve(
             node_id,
@@ -87,5 +116,6 @@ def run_node(
             tick_interval_s=tick_interval_s,
             fsync=fsync,
             join=join,
+            http_listen=http_listen,
         )
     )
