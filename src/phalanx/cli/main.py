@@ -17,16 +17,20 @@ def _register() -> None:
     # Subcommand modules are imported here so that ``phalanx --help`` lists them all.
     from phalanx.cli.breaker import breaker
     from phalanx.cli.chaos import chaos
+    from phalanx.cli.cluster import cluster
     from phalanx.cli.demo import demo
     from phalanx.cli.health import health
+    from phalanx.cli.kv import kv
     from phalanx.cli.node import node
     from phalanx.cli.shard import shard
     from phalanx.cli.sim import sim
 
     cli.add_command(breaker)
     cli.add_command(chaos)
+    cli.add_command(cluster)
     cli.add_command(demo)
     cli.add_command(health)
+    cli.add_command(kv)
     cli.add_command(node)
     cli.add_command(shard)
     cli.add_command(sim)
