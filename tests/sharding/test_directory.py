@@ -112,3 +112,38 @@ def test_with_shards_shares_the_store_and_places_new_keys_on_new_shards() -> Non
     shrunk = grown.with_shards(["a", "c"])
     assert all(shrunk.shard_for(k) in {"a", "c"} for k in old)
     assert client.options()["store"] == "memory:"
+
+
+async def test_a_moved_key_is_found_after_the_fence_sends_the_router_to_refresh(
+    tmp_path: Path,
+) -> None:
+    from phalanx.sharding import ShardMap
+    from phalanx.sharding.backend import open_backend
+    from phalanx.sharding.mapstore import MemoryMapStore
+    from phalanx.sharding.router import Router
+
+    urls = {n: f"sqlite:{tmp_path / f'{n}.db'}" for n in ("a", "b")}
+    backends = {n: open_backend(n, u) for n, u in urls.items()}
+    for backend in backends.values():
+        await backend.run([("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER)", ())])
+    directory = DirectoryStrategy(["a", "b"], store=f"sqlite:{tmp_path / 'dir.db'}")
+    v1 = ShardMap.create(directory, urls)
+    maps = MemoryMapStore(v1)
+    router = Router(v1, backends, reload=maps.aload)
+    source = router.shard_for("tenant:1")
+    target = "b" if source == "a" else "a"
+    await router.execute("tenant:1", "INSERT INTO t VALUES (?, ?)", ("tenant:1", 1))
+    # The mover: copy the row, reassign the key, publish the next map version, fence the source.
+    await backends[target].run([("INSERT INTO t VALUES (?, ?)", ("tenant:1", 1))])
+    mover = DirectoryStrategy(["a", "b"], store=f"sqlite:{tmp_path / 'dir.db'}")
+    mover.assign("tenant:1", target)
+    maps.publish(ShardMap.create(directory, urls, version=2))
+    await backends[source].set_meta("fence_version", 2)
+    await backends[source].run([("DELETE FROM t WHERE k = ?", ("tenant:1",))])
+    # The router's cache still says "source": the fence refuses it, it reloads and refreshes.
+    assert await router.fetch("tenant:1", "SELECT v FROM t WHERE k = ?", ("tenant:1",)) == [(1,)]
+    assert router.shard_for("tenant:1") == target
+    assert router.map_version == 2
+    mover.store.close()
+    directory.store.close()
+    await router.close()

@@ -183,8 +183,19 @@ class Router:
             return False
         if backends:
             self._backends.update(backends)
+        previous = self.strategy
         self.shard_map = shard_map
-        self.strategy = strategy if strategy is not None else shard_map.build()
+        if strategy is not None:
+            self.strategy = strategy
+        elif (
+            isinstance(previous, DirectoryStrategy)
+            and shard_map.strategy == "directory"
+            and shard_map.options.get("store") == previous.store.url
+        ):
+            # Same directory: keep its store connection and its cache, only the shards change.
+            self.strategy = previous.with_shards(shard_map.shards)
+        else:
+            self.strategy = shard_map.build()
         self._check_backends()
         return True
 

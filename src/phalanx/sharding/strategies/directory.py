@@ -12,9 +12,11 @@ point of failure. Here is how each is answered:
   with its own tools), and while it is down cached keys keep routing; only uncached keys fail,
   with :class:`~phalanx.sharding.errors.DirectoryUnavailable`.
 
-Staleness: a cached entry can be out of date after a key moves. The mover fences the source
-shard at a higher map version, so a query routed by the stale entry fails with
-:class:`~phalanx.sharding.errors.StaleShardMap`; the router then calls :meth:`refresh` and
+Staleness: a cached entry can be out of date after a key moves. Moving a key is: copy its
+rows, :meth:`DirectoryStrategy.assign` it, publish the next :class:`~phalanx.sharding.ShardMap`
+version (same strategy, version + 1), and fence the source shard at that version. A query
+routed by the stale entry then fails with :class:`~phalanx.sharding.errors.StaleShardMap`; the
+router reloads the map, calls :meth:`refresh` (keeping its cache and store connection), and
 routes again.
 
 Keys never assigned are placed by ``placement`` (a jump hash over the shards by default) and
