@@ -1,0 +1,263 @@
+"""Leader election: campaign, proclaim, resign, the current leader, and observing changes.
+
+An election named ``svc`` is the same queue as a lock (:mod:`phalanx.client.lock`): each
+candidate grants a lease and creates ``<prefix>svc/<lease id in hex>`` holding its value, and
+the key with the lowest create revision is the leader. :meth:`Election.campaign` returns once
+our key is the lowest; candidates behind it each watch the key just before their own, so a
+resignation or an expired lease hands leadership to the next candidate in arrival order.
+
+The leader's ``token`` (the revision that created its key) strictly increases from one leader
+to the next. Being elected does not stop a paused former leader from acting: like a lock
+holder, a leader must send its token to whatever it changes and the resource must refuse
+older tokens (:mod:`phalanx.client.fencing`; see ``docs/coordination.md``).
+
+Errors (besides the client's and :class:`~phalanx.client.lock.LeaseLost`,
+:class:`~phalanx.client.lock.TooManyContenders`)::
+
+    Rejected
+    └── Conflict
+        └── LeadershipLost   proclaim() found our key gone or replaced: we no longer lead
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Final, cast
+
+from phalanx.client.client import AsyncClient
+from phalanx.client.lock import (
+    CONTENDERS_MAX,
+    TTL_S_DEFAULT,
+    Claim,
+    TooManyContenders,
+    lowest,
+    queue_prefix,
+)
+from phalanx.client.results import KeyValue, WatchEvent
+from phalanx.errors import Conflict, PhalanxError, Timeout, Unavailable
+from phalanx.kv.commands import Compare, CompareOp, CompareTarget, Put
+from phalanx.kv.errors import Compacted
+
+__all__ = [
+    "ELECTION_PREFIX",
+    "OBSERVE_RESTARTS_MAX",
+    "Election",
+    "Leader",
+    "Leadership",
+    "LeadershipLost",
+]
+
+#: Where elections keep their queues.
+ELECTION_PREFIX: Final = b"/phalanx/election/"
+#: Times :meth:`Election.observe` lists the candidates again after its history was compacted.
+OBSERVE_RESTARTS_MAX: Final = 100
+
+
+class LeadershipLost(Conflict):
+    """Our candidate key is gone or belongs to a newer campaign: we do not lead."""
+
+
+@dataclass(frozen=True, slots=True)
+class Leader:
+    """The current leader: its ``value``, its ``token`` (the revision that created its key,
+    increasing from leader to leader), its ``key`` and the ``revision`` of its last value."""
+
+    value: bytes
+    token: int
+    key: bytes
+    revision: int
+
+    @classmethod
+    def of(cls, kv: KeyValue) -> Leader:
+        return cls(kv.value, kv.create_revision, kv.key, kv.mod_revision)
+
+
+class Leadership:
+    """What winning a campaign gives: the ``token`` to send with every change the leader
+    makes, and ``lost``, set once leadership can no longer be trusted (the lease ended, a
+    keep-alive went unanswered for a TTL, the key was deleted, or we resigned)."""
+
+    __slots__ = ("_claim", "name", "value")
+
+    def __init__(self, name: str, value: bytes, claim: Claim) -> None:
+        self.name = name
+        self.value = value
+        self._claim = claim
+
+    @property
+    def token(self) -> int:
+        return self._claim.token
+
+    @property
+    def lost(self) -> asyncio.Event:
+        return self._claim.lost
+
+    @property
+    def lost_reason(self) -> str:
+        return self._claim.lost_reason
+
+    @property
+    def key(self) -> bytes:
+        return self._claim.key
+
+    @property
+    def lease_id(self) -> int:
+        return self._claim.lease_id
+
+    def __repr__(self) -> str:
+        return f"Leadership({self.name!r}, value={self.value!r}, token={self.token})"
+
+
+class Election:
+    """The election ``name``: one candidate at a time per ``Election`` object.
+
+    ``ttl_s`` is the candidate's lease: a leader that stops renewing it (crashed, paused,
+    partitioned away) is replaced within about ``ttl_s``.
+    """
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        name: str,
+        *,
+        ttl_s: float = TTL_S_DEFAULT,
+        prefix: bytes = ELECTION_PREFIX,
+        contenders_max: int = CONTENDERS_MAX,
+    ) -> None:
+        if ttl_s <= 0:
+            raise ValueError(f"ttl_s: must be > 0, got {ttl_s}")
+        self.client = client
+        self.name = name
+        self.ttl_s = ttl_s
+        self.contenders_max = contenders_max
+        self.queue = queue_prefix(prefix, name)
+        self._claim: Claim | None = None
+        self._leadership: Leadership | None = None
+        self._elected = 0
+
+    @property
+    def leadership(self) -> Leadership | None:
+        """Ours, while we lead (None otherwise)."""
+        return self._leadership
+
+    async def campaign(self, value: bytes, *, timeout_s: float | None = None) -> Leadership:
+        """Stand with ``value`` and wait until elected (at most ``timeout_s``: then
+        ``Timeout``, the candidacy withdrawn). Raises ``LeaseLost`` when our lease ends
+        while waiting; every failure withdraws the candidacy."""
+        if self._claim is not None:
+            raise RuntimeError(f"election {self.name!r}: already campaigning or leading")
+        claim = Claim(self.client, self.queue, ttl_s=self.ttl_s, contenders_max=self.contenders_max)
+        self._claim = claim
+        try:
+            async with asyncio.timeout(timeout_s):
+                await claim.enter(value)
+                await claim.wait_turn()
+        except TimeoutError:
+            await self._withdraw(claim)
+            raise Timeout(f"election {self.name!r} not won within {timeout_s} s") from None
+        except BaseException:
+            await self._withdraw(claim)
+            raise
+        claim.hold()
+        self._leadership = Leadership(self.name, value, claim)
+        self._elected += 1
+        return self._leadership
+
+    async def proclaim(self, value: bytes) -> None:
+        """Change the leader's value without an election; ``LeadershipLost`` when we no
+        longer lead (our key is gone)."""
+        leadership = self._leadership
+        if leadership is None:
+            raise RuntimeError(f"election {self.name!r}: not the leader")
+        result = await self.client.txn(
+            [
+                Compare(
+                    leadership.key, CompareTarget.CREATE_REVISION, CompareOp.EQUAL, leadership.token
+                )
+            ],
+            [Put(leadership.key, value, leadership.lease_id)],
+        )
+        if not result.succeeded:
+            raise LeadershipLost(f"election {self.name!r}: our key {leadership.key!r} is gone")
+        leadership.value = value
+
+    async def resign(self) -> None:
+        """Step down (or stop campaigning): revoke our lease, deleting our key, so the next
+        candidate is elected at once."""
+        claim, self._claim, self._leadership = self._claim, None, None
+        if claim is None:
+            raise RuntimeError(f"election {self.name!r}: not campaigning")
+        await claim.leave()
+
+    async def leader(self) -> Leader | None:
+        """The current leader, or None when there is no candidate (a linearizable read)."""
+        listing = await self.client.range(self.queue, prefix=True, limit=self.contenders_max)
+        if listing.more:
+            raise TooManyContenders(
+                f"{listing.count} candidates under {self.queue!r} > {self.contenders_max}"
+            )
+        first = lowest(listing.kvs)
+        return None if first is None else Leader.of(first)
+
+    async def observe(self) -> AsyncIterator[Leader]:
+        """The leader now (if any), then every change of leader or of its value, in order.
+
+        Driven by one watch of the election's keys: no polling, no missed leader.
+        """
+        last: tuple[bytes, int] | None = None
+        for _ in range(OBSERVE_RESTARTS_MAX):
+            listing = await self.client.range(self.queue, prefix=True, limit=self.contenders_max)
+            if listing.more:
+                raise TooManyContenders(
+                    f"{listing.count} candidates under {self.queue!r} > {self.contenders_max}"
+                )
+            candidates = {kv.key: kv for kv in listing.kvs}
+            current = self._changed(candidates.values(), last)
+            if current is not None:
+                last = (current.key, current.revision)
+                yield current
+            events = cast(
+                "AsyncGenerator[WatchEvent, None]",
+                self.client.watch(self.queue, prefix=True, start_revision=listing.revision + 1),
+            )
+            try:
+                async with contextlib.aclosing(events):
+                    async for event in events:
+                        if event.type == "put":
+                            candidates[event.key] = event.kv
+                        else:
+                            candidates.pop(event.key, None)
+                        if len(candidates) > self.contenders_max:
+                            raise TooManyContenders(
+                                f"more than {self.contenders_max} candidates under {self.queue!r}"
+                            )
+                        if not candidates:
+                            last = None
+                        current = self._changed(candidates.values(), last)
+                        if current is not None:
+                            last = (current.key, current.revision)
+                            yield current
+            except Compacted:
+                continue  # the history we needed is gone: list the candidates again
+        raise Unavailable(f"observe restarted {OBSERVE_RESTARTS_MAX} times after compaction")
+
+    @staticmethod
+    def _changed(candidates: Iterable[KeyValue], last: tuple[bytes, int] | None) -> Leader | None:
+        first = lowest(list(candidates))
+        if first is None or (first.key, first.mod_revision) == last:
+            return None
+        return Leader.of(first)
+
+    async def _withdraw(self, claim: Claim) -> None:
+        self._claim = None
+        with contextlib.suppress(PhalanxError):  # the lease expires by itself otherwise
+            await claim.leave()
+
+    def statistics(self) -> dict[str, int]:
+        stats = {"elected": self._elected, "leading": int(self._leadership is not None)}
+        if self._claim is not None:
+            stats.update(self._claim.statistics())
+        return stats
