@@ -7,6 +7,8 @@ small and shared, and a slow example is not a failure. Failures print a reproduc
 ``tests/pg.py``), only when a test asks for it. Missing PostgreSQL binaries fail those tests
 rather than skip them: CI installs the binaries, so their absence is a broken setup.
 
+``certs`` makes a test CA with the openssl command line (``tests/tls_certs.py``).
+
 ``redis_server`` does the same for a throwaway ``redis-server`` (see ``tests/redis_server.py``);
 a missing binary fails the tests that ask for it, for the same reason.
 """
@@ -14,6 +16,7 @@ a missing binary fails the tests that ask for it, for the same reason.
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,3 +78,12 @@ def redis_server() -> Iterator[object]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """A test CA and a node certificate for 127.0.0.1 (``tests/tls_certs.py``)."""
+    if shutil.which("openssl") is None:
+        pytest.fail("TLS tests need the openssl command line", pytrace=False)
+    helper = _load_helper("phalanx_tests_tls", "tls_certs.py")
+    return helper.make_certs(tmp_path_factory.mktemp("pki"))

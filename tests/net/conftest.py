@@ -1,19 +1,15 @@
 """Fixtures for the transport tests: nodes on 127.0.0.1 with ephemeral ports, and a test CA.
 
 ``net`` builds :class:`PeerTransport` nodes that record what they receive and what they are
-told, wires them to each other, and closes them all at the end. ``certs`` makes a CA and a
-node certificate (for 127.0.0.1) with the ``openssl`` command line in a temporary folder;
-the ``cryptography`` package is not a dependency, so it is not used.
+told, wires them to each other, and closes them all at the end. ``certs`` (the test CA) is a
+fixture of ``tests/conftest.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -99,47 +95,3 @@ async def net() -> AsyncIterator[Net]:
         yield harness
     finally:
         await harness.aclose()
-
-
-@dataclass(frozen=True)
-class Certs:
-    ca: Path
-    cert: Path
-    key: Path
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-@pytest.fixture(scope="session")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    if shutil.which("openssl") is None:
-        pytest.skip("TLS tests need the openssl command line (cryptography is not installed)")
-    folder = tmp_path_factory.mktemp("pki")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _openssl(
-        "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-        "-subj", "/CN=phalanx test CA",
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-        cwd=folder,
-    )  # fmt: skip
-    _openssl(
-        "req", *ec, "-keyout", "node.key", "-out", "node.csr", "-subj", "/CN=phalanx node",
-        cwd=folder,
-    )  # fmt: skip
-    (folder / "node.ext").write_text(
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
-        "extendedKeyUsage=serverAuth,clientAuth\n"
-        "basicConstraints=critical,CA:FALSE\n"
-        "keyUsage=critical,digitalSignature,keyEncipherment\n"
-        "subjectKeyIdentifier=hash\n"
-        "authorityKeyIdentifier=keyid\n"
-    )
-    _openssl(
-        "x509", "-req", "-in", "node.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-out", "node.pem", "-days", "2", "-extfile", "node.ext",
-        cwd=folder,
-    )  # fmt: skip
-    return Certs(ca=folder / "ca.pem", cert=folder / "node.pem", key=folder / "node.key")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import ssl as ssl_module
+from ssl import SSLContext
 from typing import Final
 
 import msgspec
@@ -30,8 +32,9 @@ STREAM_QUEUE_MAX: Final = 1024
 class Connection:
     """A TCP connection to ``address``; :meth:`request` sends one request, awaits its answer."""
 
-    def __init__(self, address: Address) -> None:
+    def __init__(self, address: Address, *, ssl: SSLContext | None = None) -> None:
         self.address = address
+        self._ssl = ssl
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._pending: dict[int, asyncio.Future[ClientResponse]] = {}
@@ -49,8 +52,10 @@ class Connection:
         host, port = self.address
         try:
             async with asyncio.timeout(timeout_s):
-                self._reader, self._writer = await asyncio.open_connection(host, port)
-        except (OSError, TimeoutError) as exc:
+                self._reader, self._writer = await asyncio.open_connection(
+                    host, port, ssl=self._ssl
+                )
+        except (OSError, TimeoutError, ssl_module.SSLError) as exc:
             raise Unavailable(f"cannot connect to {host}:{port}: {exc or 'timed out'}") from exc
         self._receiver = asyncio.create_task(self._receive(self._reader))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator, Iterable, Sequence
+from ssl import SSLContext
 from typing import Final
 
 from phalanx.client._conn import Address, Connection
@@ -89,7 +90,8 @@ class AsyncClient:
     write is retried only when the failure proves nothing was applied (``NotLeader``,
     ``NoQuorum``, a connection that could not be opened): a write sent without an answer
     raises ``Timeout`` or ``Indeterminate``, whose outcome is INDETERMINATE. Every call is
-    bounded by ``total_timeout_s``.
+    bounded by ``total_timeout_s``. ``ssl`` (e.g. ``TlsFiles(...).client_context()``) connects
+    with TLS.
     """
 
     def __init__(
@@ -101,6 +103,7 @@ class AsyncClient:
         total_timeout_s: float = TOTAL_TIMEOUT_S,
         attempts_max: int = 50,
         exactly_once: bool = True,
+        ssl: SSLContext | None = None,
     ) -> None:
         self.endpoints = [parse_endpoint(e) for e in endpoints]
         if not self.endpoints:
@@ -108,6 +111,7 @@ class AsyncClient:
         self.request_timeout_s = request_timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.exactly_once = exactly_once
+        self._ssl = ssl
         self._leader: Address | None = None
         self._turn = 0
         self._connections: dict[Address, Connection] = {}
@@ -417,7 +421,7 @@ class AsyncClient:
             return connection
         if connection is not None:
             await connection.aclose()
-        connection = Connection(address)
+        connection = Connection(address, ssl=self._ssl)
         await connection.connect(self._budget_s(self.connect_timeout_s))
         self._connections[address] = connection
         return connection

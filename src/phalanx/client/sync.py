@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Iterator, Sequence
+from ssl import SSLContext
 from types import TracebackType
 
 from phalanx.client._conn import Address
@@ -36,6 +37,7 @@ class Client:
         total_timeout_s: float = TOTAL_TIMEOUT_S,
         attempts_max: int = 50,
         exactly_once: bool = True,
+        ssl: SSLContext | None = None,
     ) -> None:
         self._runner = asyncio.Runner()
         self.aio = AsyncClient(
@@ -45,6 +47,7 @@ class Client:
             total_timeout_s=total_timeout_s,
             attempts_max=attempts_max,
             exactly_once=exactly_once,
+            ssl=ssl,
         )
 
     @property

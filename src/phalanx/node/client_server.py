@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from ssl import SSLContext
 from typing import TYPE_CHECKING, Final
 
 from phalanx.errors import BadRequest, NotLeader, Outcome, PhalanxError, Unavailable
@@ -43,6 +44,8 @@ __all__ = ["ClientServer"]
 _log = logging.getLogger(__name__)
 
 _READ_BYTES: Final = 65536
+#: A TLS handshake that takes longer closes the connection.
+TLS_HANDSHAKE_TIMEOUT_S: Final = 5.0
 #: Watches one connection may hold open at once.
 WATCHES_PER_CONNECTION_MAX: Final = 256
 #: Events sent in one watch response (a revision's events are never split).
@@ -54,16 +57,25 @@ WATCH_IDLE_S: Final = 1.0
 class ClientServer:
     """Serves the client protocol on ``listen_addr`` against ``node``."""
 
-    def __init__(self, node: RaftNode, listen_addr: Address) -> None:
+    def __init__(
+        self, node: RaftNode, listen_addr: Address, *, ssl: SSLContext | None = None
+    ) -> None:
         self._node = node
         self._listen_addr = listen_addr
+        self._ssl = ssl
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Bind and listen; bind errors raise here."""
         host, port = self._listen_addr
-        self._server = await asyncio.start_server(self._serve, host, port)
+        self._server = await asyncio.start_server(
+            self._serve,
+            host,
+            port,
+            ssl=self._ssl,
+            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S if self._ssl else None,
+        )
 
     @property
     def address(self) -> Address:

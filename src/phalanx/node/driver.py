@@ -45,6 +45,7 @@ from phalanx.kv.commands import Command, DeleteRange, LeaseExpire
 from phalanx.kv.lease import expire_proposal
 from phalanx.kv.responses import Error, PutResult, RangeResult, Response
 from phalanx.net import PeerTransport
+from phalanx.net.tls import TlsFiles
 from phalanx.net.transport import TransportStatistics
 from phalanx.node.client_protocol import MemberInfo, NodeStatus
 from phalanx.node.client_server import ClientServer
@@ -101,7 +102,8 @@ class RaftNode:
     for a leader that added it to reach it), afterwards the log's record of it wins. With
     ``client_listen`` the node also serves the client protocol there (``ClientServer``);
     ``client_addrs`` maps members' ids to their client addresses, so that a ``NotLeader``
-    answer can name the leader's client address. Use as
+    answer can name the leader's client address. ``tls`` turns on TLS for peer and client
+    traffic (mutual TLS with ``TlsFiles(mutual=True)``). Use as
     ``async with RaftNode(...) as node:`` or call :meth:`start` and :meth:`aclose`.
     """
 
@@ -127,6 +129,7 @@ class RaftNode:
         snapshot_keep_entries: int = SNAPSHOT_KEEP_ENTRIES,
         transfer_on_close: bool = True,
         pending_proposals_max: int = PENDING_PROPOSALS_MAX,
+        tls: TlsFiles | None = None,
     ) -> None:
         _check_options(
             tick_interval_s=tick_interval_s,
@@ -185,6 +188,7 @@ class RaftNode:
         self.startup_commit_index: int | None = None
         self._client_listen = client_listen
         self._client_server: ClientServer | None = None
+        self._tls = tls
         #: The voter this node handed leadership to when it closed (0: none).
         self.handed_over_to = 0
 
@@ -204,7 +208,11 @@ class RaftNode:
             await asyncio.gather(waiter, return_exceptions=True)
             await self._runner  # raises what stopped it
         if self._client_listen is not None:
-            server = ClientServer(self, self._client_listen)
+            server = ClientServer(
+                self,
+                self._client_listen,
+                ssl=self._tls.server_context() if self._tls is not None else None,
+            )
             try:
                 await server.start()
             except BaseException:
@@ -241,6 +249,8 @@ class RaftNode:
             cluster_id=self.cluster_id,
             on_unreachable=self._on_unreachable,
             on_snapshot_status=self._on_snapshot_status,
+            server_ssl=self._tls.server_context() if self._tls is not None else None,
+            client_ssl=self._tls.client_context() if self._tls is not None else None,
         )
         self._sync_members()
 
