@@ -11,8 +11,8 @@ Cases:
 - the same number of operations on a single key (puts and gets), where partitioning cannot
   help and the search alone must stay linear in the length of the history.
 
-Each file is timed once (load plus check, wall clock); the generated history is timed
-``--repeat`` times and the best is shown.
+Every case is timed ``--repeat`` times (default 3; the whole ``c10-bad`` once), load plus
+check, wall clock; the best run is shown, the one least disturbed by other work.
 
 Usage::
 
@@ -78,13 +78,20 @@ def etcd_expected() -> dict[str, Verdict]:
     return expected
 
 
-def time_file(path: Path, model: str, expected: Verdict, *, partition: bool = True) -> FileTime:
-    started = time.perf_counter()
-    ops = load_history(path)
-    checker = RegisterModel() if model == "register" else KVModel()
-    report = check_linearizable(ops, checker, partition=partition, timeout_s=300)
-    seconds = time.perf_counter() - started
-    return FileTime(path.name, len(ops), report.result.verdict, expected, seconds)
+def time_file(
+    path: Path, model: str, expected: Verdict, repeat: int, *, partition: bool = True
+) -> FileTime:
+    best = None
+    for _ in range(repeat):
+        started = time.perf_counter()
+        ops = load_history(path)
+        checker = RegisterModel() if model == "register" else KVModel()
+        report = check_linearizable(ops, checker, partition=partition, timeout_s=300)
+        seconds = time.perf_counter() - started
+        if best is None or seconds < best.seconds:
+            best = FileTime(path.name, len(ops), report.result.verdict, expected, seconds)
+    assert best is not None
+    return best
 
 
 def time_generated(
@@ -147,6 +154,7 @@ def render(
     whole: FileTime | None,
     generated: list[Generated],
     command: str,
+    repeat: int,
 ) -> str:
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines = [
@@ -155,8 +163,9 @@ def render(
         (
             f"Measured with `{command}` on CPython {platform.python_version()}, "
             f"{os.cpu_count()} CPUs (shared with other work), {stamp}, phalanx at commit "
-            f"{commit()}. Times are wall clock, load plus check, one run per file "
-            "(`phalanx.chaos.partition.check_linearizable`, per key, as `phalanx chaos check`)."
+            f"{commit()}. Times are wall clock, load plus check, the best of {repeat} runs per "
+            "case (`phalanx.chaos.partition.check_linearizable`, per key, as "
+            "`phalanx chaos check`)."
         ),
         "",
         "| validation set | files | verdicts agree | total s | median ms | max ms (file) |",
@@ -197,12 +206,13 @@ def render(
         "",
         (
             "What the numbers mean: most validation histories are decided in about a millisecond. "
-            "The slow ones are those with many operations of unknown outcome (writes that timed "
-            "out may take effect anywhere after their invocation, so many orders stay possible) "
-            "and `c50-bad`, whose hard partitions each run to the first pass's cache bound before "
-            "the easy invalid ones settle the verdict. On the generated history every partition "
-            "is searched in milliseconds, so worker processes cost more (start-up, shipping the "
-            "operations) than they save on this 2-core machine; they pay off on hard partitions."
+            "The slowest are those with many operations of unknown outcome (writes that timed "
+            "out may take effect anywhere after their invocation, so many orders stay possible). "
+            "`c10-bad` checked whole shows what partitioning by key saves: the whole-history "
+            "search must rule out every interleaving of ten keys at once. On the generated "
+            "history every partition is searched in milliseconds, so worker processes cost more "
+            "(start-up, shipping the operations) than they save on this 2-core machine; they "
+            "pay off on hard partitions."
         ),
         "",
         "<details><summary>Every validation file</summary>",
@@ -235,22 +245,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ops", type=int, default=100_000, help="generated operations")
     parser.add_argument("--keys", type=int, default=100)
     parser.add_argument("--processes", type=int, default=10)
-    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="timed runs per case; the best is shown"
+    )
     args = parser.parse_args(argv)
     ops = 5_000 if args.quick else args.ops
+    if args.quick:
+        args.repeat = 1
 
     expected = etcd_expected()
     names = sorted(expected)[:5] if args.quick else sorted(expected)
-    etcd = [time_file(DATA / "jepsen-etcd" / n, "register", expected[n]) for n in names]
+    etcd = [
+        time_file(DATA / "jepsen-etcd" / n, "register", expected[n], args.repeat) for n in names
+    ]
     kv_paths = sorted((DATA / "kv").glob("*.txt"))
     if args.quick:
         kv_paths = kv_paths[:2]
     kv = [
-        time_file(p, "kv", Verdict.VALID if "-ok" in p.name else Verdict.INVALID) for p in kv_paths
+        time_file(p, "kv", Verdict.VALID if "-ok" in p.name else Verdict.INVALID, args.repeat)
+        for p in kv_paths
     ]
     whole = None
     if not args.quick:
-        whole = time_file(DATA / "kv" / "c10-bad.txt", "kv", Verdict.INVALID, partition=False)
+        whole = time_file(DATA / "kv" / "c10-bad.txt", "kv", Verdict.INVALID, 1, partition=False)
     generated = [time_generated(ops, args.keys, args.processes, WORKERS_MAX_DEFAULT, args.repeat)]
     if WORKERS_MAX_DEFAULT != 1:
         generated.append(time_generated(ops, args.keys, args.processes, 1, args.repeat))
@@ -260,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/bench_checker.py" + (
         " " + " ".join(sys.argv[1:]) if argv is None and sys.argv[1:] else ""
     )
-    text = render(etcd, kv, whole, generated, command)
+    text = render(etcd, kv, whole, generated, command, args.repeat)
     print(text)
     if args.write is not None:
         write_markdown(args.write, text)

@@ -6,19 +6,19 @@ speed: split the history by key (:attr:`Operation.key`), search each partition a
 search is exponential in the worst case, so many small searches beat one big one), and run
 the partitions on several cores.
 
-The check runs in two passes, so that one hard partition cannot hide an easy violation:
-
-1. every partition is searched with a small cache (``first_pass_cache_entries``), unless
-   there is only one;
-2. if no partition was found invalid, the partitions the first pass could not decide are
-   searched again with the full limits, until the deadline.
+The check runs in passes, so that one hard partition cannot hide an easy violation: every
+partition is searched with a small cache (``pass_cache_entries[0]``, 10,000 configurations),
+then the partitions that needed more are searched again with a larger one (100,000), and so
+on up to the full limit, stopping as soon as a pass finds a partition invalid. A history of
+one partition gets one pass with the full limit. Repeating a search costs at most the sum of
+the smaller bounds, about a tenth of the final one.
 
 Once one partition is invalid, the history is; a partition still undecided then stays
 ``unknown`` in the details and does not change the verdict. Partitions run in at most
 ``workers_max`` worker processes (default :data:`WORKERS_MAX_DEFAULT`, at most the number of
 CPUs). The first pass of a history under ``parallel_ops_min`` operations runs in the calling
-process, where starting workers would cost more than it saves; the second pass, over the
-partitions the first could not decide, uses the workers whenever there are two or more.
+process, where starting workers would cost more than it saves; the later passes, over the
+partitions the earlier ones could not decide, use the workers whenever there are two or more.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from phalanx.chaos.models import Keyed, Model
 from phalanx.chaos.verdict import CheckResult, Verdict
 
 __all__ = [
-    "FIRST_PASS_CACHE_ENTRIES",
     "PARALLEL_OPS_MIN",
+    "PASS_CACHE_ENTRIES",
     "WORKERS_MAX_DEFAULT",
     "LinearizabilityReport",
     "check_linearizable",
@@ -50,8 +50,8 @@ __all__ = [
 WORKERS_MAX_DEFAULT: Final = min(os.cpu_count() or 1, 4)
 #: Histories smaller than this are checked in the calling process.
 PARALLEL_OPS_MIN: Final = 20_000
-#: The cache bound of the first pass over all partitions.
-FIRST_PASS_CACHE_ENTRIES: Final = 100_000
+#: The cache bounds of the passes before the last (which uses the full limit).
+PASS_CACHE_ENTRIES: Final = (10_000, 100_000)
 #: Default total time budget of one check.
 TIMEOUT_S_DEFAULT: Final = 60.0
 
@@ -121,7 +121,7 @@ def check_linearizable(
     workers_max: int = WORKERS_MAX_DEFAULT,
     parallel_ops_min: int = PARALLEL_OPS_MIN,
     limits: SearchLimits | None = None,
-    first_pass_cache_entries: int = FIRST_PASS_CACHE_ENTRIES,
+    pass_cache_entries: Sequence[int] = PASS_CACHE_ENTRIES,
     now_s: Callable[[], float] = time.monotonic,
 ) -> LinearizabilityReport:
     """Check ``ops`` against ``model``, per key when ``partition`` (else whole, with Keyed)."""
@@ -141,23 +141,34 @@ def check_linearizable(
     jobs.sort(key=lambda job: -len(job[1]))
     workers = workers_max if len(ops) >= parallel_ops_min else 1
 
-    first_limits = limits
-    if len(jobs) > 1:  # one partition has nothing to be quicker than
-        first_limits = msgspec.structs.replace(
-            limits, cache_entries_max=min(first_pass_cache_entries, limits.cache_entries_max)
-        )
-    results = _run(jobs, checked, deadline_s, first_limits, workers, now_s)
-    undecided = [
-        i
-        for i, r in enumerate(results)
-        if r.verdict is Verdict.UNKNOWN and r.reason.startswith("cache_entries_max")
-    ]
-    no_violation = all(r.verdict is not Verdict.INVALID for r in results)
-    if undecided and no_violation and first_limits != limits:
-        # These partitions are the expensive ones: worth workers whatever the history's size.
-        again = _run([jobs[i] for i in undecided], checked, deadline_s, limits, workers_max, now_s)
-        for i, r in zip(undecided, again, strict=True):
-            results[i] = r
+    # Passes with growing caches: a cheap violation anywhere ends the check before any
+    # partition gets expensive. One partition has nothing to be quicker than.
+    bounds = (
+        [b for b in pass_cache_entries if b < limits.cache_entries_max] if len(jobs) > 1 else []
+    )
+    bounds.append(limits.cache_entries_max)
+    results: list[PartitionResult] = []
+    pending = list(range(len(jobs)))
+    for number, bound in enumerate(bounds):
+        bounded = msgspec.structs.replace(limits, cache_entries_max=bound)
+        # After the first pass only the expensive partitions are left: worth the workers.
+        pool = workers if number == 0 else workers_max
+        found = _run([jobs[i] for i in pending], checked, deadline_s, bounded, pool, now_s)
+        if number == 0:
+            results = found
+        else:
+            for i, r in zip(pending, found, strict=True):
+                results[i] = r
+        if any(r.verdict is Verdict.INVALID for r in found):
+            break
+        pending = [
+            i
+            for i in pending
+            if results[i].verdict is Verdict.UNKNOWN
+            and results[i].reason.startswith("cache_entries_max")
+        ]
+        if not pending:
+            break
     return LinearizabilityReport(
         result=_summarise(results, model, len(ops), now_s() - started_s),
         partitions=results,
