@@ -210,9 +210,10 @@ def render(
             "out may take effect anywhere after their invocation, so many orders stay possible). "
             "`c10-bad` checked whole shows what partitioning by key saves: the whole-history "
             "search must rule out every interleaving of ten keys at once. On the generated "
-            "history every partition is searched in milliseconds, so worker processes cost more "
-            "(start-up, shipping the operations) than they save on this 2-core machine; they "
-            "pay off on hard partitions."
+            "history each partition is searched in milliseconds, so worker processes save about "
+            "as much as their start-up and the shipping of operations cost; they pay off when "
+            "partitions are expensive. On this shared machine, repeated runs of the same case "
+            "differ by up to 2x either way."
         ),
         "",
         "<details><summary>Every validation file</summary>",
