@@ -319,23 +319,25 @@ def _load() -> str:
 
 READING: Final = """### Reading the table
 
-- Where the lookup costs go: hashing a key (BLAKE2b, 64 bits) costs about 400 ns of pure
-  Python; `range` and `bounded` (a dict of placed keys) do not hash and are the fastest.
-  `jump` adds ln(N) loop steps of Python integer arithmetic on top of the hash and misses
-  the 1 us target; a C extension would not. `rendezvous` scores every shard: O(N).
-- Balance: with 200,000 keys, 1000 shards hold 200 keys each, and sampling alone gives a
-  7% std-dev: no strategy can show 1% at that scale with that sample, so compare the std-dev
-  with the noise floor. `hash`, `jump`, `rendezvous` and `directory` sit on the floor (their
-  expected shares are exactly equal); `ring` and uhashring sit above it (virtual nodes give
-  each shard an uneven arc of the ring: about 1/sqrt(160) = 8% spread at 160 points per
-  shard); `bounded` caps the worst shard at its load factor (1.25 x mean) by construction.
-  `range` over evenly spread ids is exact.
-- Moves: `jump`, `ring`, `bounded`, `rendezvous`, `geo` and uhashring move within 1.1x of
-  the ideal on add (the ring's figure moves with its arc spread); modulo `hash` moves nearly
-  everything; `range` moves half of one range (the new shard takes the upper half of the
-  widest one); `directory` moves nothing (assignments are sticky; new keys go to new shards).
-  Removing a shard from the middle costs `jump` and `geo` about 2x the ideal (the last
-  bucket fills the hole)."""
+- Keys and hashes are deterministic, so the balance and movement columns are the same on
+  every run; only the lookup times move with the machine's load.
+- Where the lookup time goes: hashing a key (BLAKE2b cut to 64 bits) costs about 400 ns of
+  pure Python on an idle core; `range` (a bisect over the bounds) and `bounded` (a dict of
+  placed keys) do not hash and are the fastest. `jump` adds about ln(N) loop steps of Python
+  integer arithmetic to the hash and misses the 1 us target; `rendezvous` scores every
+  shard, O(N) per lookup.
+- Balance: with 200,000 keys, 1000 shards hold 200 keys each and sampling alone gives about
+  7% std-dev, so no strategy can show 1% with this sample; compare with the noise floor.
+  `hash`, `jump`, `rendezvous` and `directory` sit on the floor (equal expected shares);
+  `ring`, `bounded` and uhashring sit above it, because 160 virtual nodes still give shards
+  uneven arcs of the ring; `bounded` caps the largest shard at its load factor (1.25 x the
+  mean) by construction. `range` over evenly spread ids is exact.
+- Moves on add: `jump`, `rendezvous` and `geo` stay within 1.1x of the ideal; the ring
+  strategies (`ring`, `bounded`, uhashring) land between about 0.85x and 1.15x, depending on
+  the arc the new shard's points happen to cut; modulo `hash` moves nearly every key;
+  `range` moves half of one range (the new shard takes the upper half of the widest);
+  `directory` moves nothing (assignments are sticky; new keys go to new shards). Removing a
+  middle shard costs `jump` and `geo` about 2x the ideal: the last bucket fills the hole."""
 
 
 def section(rows: list[Row], command: str, keys_total: int, repeat: int) -> str:
