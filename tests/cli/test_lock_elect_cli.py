@@ -3,13 +3,25 @@ commands find their endpoints."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
+import sys
 from pathlib import Path
 
 import click
 import pytest
+from click.testing import CliRunner, Result
 
+from node_cluster import cluster, endpoint, leader_of
 from phalanx.cli.endpoints import ENDPOINTS_ENV, resolve_endpoints
+from phalanx.cli.main import _register, cli
+from phalanx.client import AsyncClient
+from phalanx.client.election import Election
+from phalanx.client.lock import LOCK_PREFIX, Lock, queue_prefix
+
+WAIT_S = 10.0
 
 
 def test_endpoints_come_from_the_option_then_the_environment_then_the_record(
@@ -36,3 +48,107 @@ def test_endpoints_come_from_the_option_then_the_environment_then_the_record(
     other.write_text(json.dumps({"endpoints": "h:1"}))
     with pytest.raises(click.UsageError, match="endpoints"):
         resolve_endpoints(None, cluster_file=other)
+
+
+def _invoke(args: list[str]) -> Result:
+    _register()
+    return CliRunner().invoke(cli, args)
+
+
+async def _line(stream: asyncio.StreamReader | None) -> str:
+    assert stream is not None
+    async with asyncio.timeout(WAIT_S):
+        return (await stream.readline()).decode().strip()
+
+
+async def test_lock_runs_the_command_with_its_fencing_token(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as nodes:
+        await leader_of(nodes)
+        endpoints = ",".join(endpoint(n) for n in nodes.values())
+        out = tmp_path / "token"
+        script = (
+            "import os, sys; "
+            f"open({str(out)!r}, 'w').write(os.environ['PHALANX_FENCING_TOKEN']); sys.exit(3)"
+        )
+        args = ["lock", "jobs", "--ttl-s", "2", "--endpoints", endpoints, "--"]
+        result = await asyncio.to_thread(_invoke, [*args, sys.executable, "-c", script])
+        assert result.exit_code == 3, result.output
+        assert int(out.read_text()) > 0
+        async with AsyncClient(endpoints.split(",")) as client:
+            queue = queue_prefix(LOCK_PREFIX, "jobs")
+            assert (await client.range(queue, prefix=True)).count == 0  # released
+            # While someone else holds the lock, a bounded wait gives up with status 1.
+            async with Lock(client, "jobs", ttl_s=2.0):
+                busy = await asyncio.to_thread(
+                    _invoke,
+                    [
+                        "lock",
+                        "jobs",
+                        "--timeout-s",
+                        "0.3",
+                        "--endpoints",
+                        endpoints,
+                        "--",
+                        sys.executable,
+                        "-c",
+                        "pass",
+                    ],
+                )
+            assert busy.exit_code == 1
+            assert "Timeout" in busy.output
+            missing = await asyncio.to_thread(_invoke, [*args, str(tmp_path / "no-such-command")])
+            assert missing.exit_code == 1
+            assert "cannot run" in missing.output
+            assert (await client.range(queue, prefix=True)).count == 0
+
+
+async def test_elect_leads_until_sigterm_and_observe_follows(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as nodes:
+        await leader_of(nodes)
+        endpoints = ",".join(endpoint(n) for n in nodes.values())
+        env = {**os.environ, ENDPOINTS_ENV: endpoints}
+        command = [sys.executable, "-m", "phalanx.cli.main", "elect", "svc"]
+        pipe = asyncio.subprocess.PIPE
+        observer = await asyncio.create_subprocess_exec(*command, "--observe", stdout=pipe, env=env)
+        candidate = await asyncio.create_subprocess_exec(
+            *command, "alpha", "--ttl-s", "2", stdout=pipe, env=env
+        )
+        try:
+            elected = await _line(candidate.stdout)
+            assert elected.startswith("elected: alpha (token ")
+            token = elected.removeprefix("elected: alpha (token ").rstrip(")")
+            assert await _line(observer.stdout) == f"alpha (token {token})"
+            shown = await asyncio.to_thread(
+                _invoke, ["elect", "svc", "--leader", "--endpoints", endpoints]
+            )
+            assert (shown.exit_code, shown.output) == (0, "alpha\n")
+
+            candidate.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(WAIT_S):
+                assert await candidate.wait() == 0
+            assert await _line(candidate.stdout) == "resigned"
+            none = await asyncio.to_thread(
+                _invoke, ["elect", "svc", "--leader", "--endpoints", endpoints]
+            )
+            assert none.exit_code == 1
+
+            async with AsyncClient(endpoints.split(",")) as client:
+                election = Election(client, "svc", ttl_s=2.0)
+                won = await election.campaign(b"beta", timeout_s=WAIT_S)
+                assert await _line(observer.stdout) == f"beta (token {won.token})"
+                assert won.token > int(token)
+                await election.resign()
+            observer.send_signal(signal.SIGINT)
+            async with asyncio.timeout(WAIT_S):
+                assert await observer.wait() == 0
+        finally:
+            for process in (observer, candidate):
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+
+
+def test_elect_wants_exactly_one_mode() -> None:
+    result = _invoke(["elect", "svc", "--endpoints", "127.0.0.1:1"])
+    assert result.exit_code == 2
+    assert "exactly one" in result.output

@@ -19,8 +19,10 @@ def _register() -> None:
     from phalanx.cli.chaos import chaos
     from phalanx.cli.cluster import cluster
     from phalanx.cli.demo import demo
+    from phalanx.cli.elect import elect
     from phalanx.cli.health import health
     from phalanx.cli.kv import kv
+    from phalanx.cli.lock import lock
     from phalanx.cli.node import node
     from phalanx.cli.shard import shard
     from phalanx.cli.sim import sim
@@ -29,8 +31,10 @@ def _register() -> None:
     cli.add_command(chaos)
     cli.add_command(cluster)
     cli.add_command(demo)
+    cli.add_command(elect)
     cli.add_command(health)
     cli.add_command(kv)
+    cli.add_command(lock)
     cli.add_command(node)
     cli.add_command(shard)
     cli.add_command(sim)
