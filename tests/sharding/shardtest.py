@@ -4,6 +4,7 @@ backend wrapper that fails or hangs on demand."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncGenerator, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ class FlakyBackend:
         self.dialect = inner.dialect
         self.fail = False
         self.hang = False
+        self.fail_after_batches: int | None = None
         self.gate = asyncio.Event()
 
     async def _trouble(self) -> None:
@@ -53,9 +55,15 @@ class FlakyBackend:
         self, sql: str, params: Sequence[Any], guard: Guard = UNGUARDED, *, batch_rows: int
     ) -> AsyncGenerator[list[Row], None]:
         await self._trouble()
-        async for batch in self.inner.stream(sql, params, guard, batch_rows=batch_rows):
-            yield batch
-            await self._trouble()
+        sent = 0
+        inner = self.inner.stream(sql, params, guard, batch_rows=batch_rows)
+        async with contextlib.aclosing(inner):
+            async for batch in inner:
+                if self.fail_after_batches is not None and sent >= self.fail_after_batches:
+                    raise OSError(f"{self.name} went down mid-stream")
+                yield batch
+                sent += 1
+                await self._trouble()
 
     async def meta(self) -> dict[str, int]:
         return await self.inner.meta()

@@ -259,3 +259,30 @@ async def test_cross_shard_writes_are_refused_and_one_shard_writes_are_atomic(
     assert await router.write(
         [(a, "INSERT INTO orders VALUES (?, ?, ?, ?)", (1003, a, "eu", 1))]
     ) == [1]
+
+
+async def test_a_shard_failing_mid_stream_is_dropped_and_flagged(urls: dict[str, str]) -> None:
+    flaky: dict[str, FlakyBackend] = {}
+
+    def wrap(backend: ShardBackend) -> ShardBackend:
+        flaky[backend.name] = FlakyBackend(backend)
+        return flaky[backend.name]
+
+    router = await make_router(urls, wrap, policy="partial", batch_rows=5)
+    try:
+        flaky["s2"].fail_after_batches = 1
+        query = Select("orders", ("id",), order_by=(("id", "asc"),))
+        result = await router.select(query)
+        assert result.partial
+        assert set(result.failed) == {"s2"}
+        on_s2 = sorted(o[0] for o in ORDERS if router.shard_for(o[1]) == "s2")
+        others = sorted(o[0] for o in ORDERS if router.shard_for(o[1]) != "s2")
+        got = [i for (i,) in result.rows]
+        assert set(others) <= set(got)  # every healthy shard's rows
+        assert set(got) - set(others) == set(on_s2[:5])  # and s2's first batch only
+        assert got == sorted(got)
+        strict = Router(router.shard_map, flaky, batch_rows=5)
+        with pytest.raises(ShardUnavailable):
+            await strict.select(query)
+    finally:
+        await router.close()
