@@ -1,8 +1,8 @@
 """A 3-node Phalanx cluster next to 3-node etcd and PySyncObj clusters, in one run.
 
 Run: ``.venv/bin/python benchmarks/bench_cluster.py`` (about six minutes; ``--quick`` for a
-short smoke run; ``--write docs/benchmarks.md`` rewrites the generated blocks of the section
-"Cluster: Phalanx vs etcd vs PySyncObj" there and nothing else).
+smoke run of about two minutes; ``--write docs/benchmarks.md`` rewrites the generated blocks
+of the section "Cluster: Phalanx vs etcd vs PySyncObj" there and nothing else).
 
 Every cluster runs as three processes on 127.0.0.1, started here in a temporary directory and
 stopped (SIGTERM, then SIGKILL of the process group) before the next one starts:
