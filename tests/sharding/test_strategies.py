@@ -275,3 +275,17 @@ def test_a_shard_map_cannot_switch_strategy() -> None:
     first = ShardMap.create(strategy("jump", ["a", "b"]))
     with pytest.raises(BadRequest):
         first.advance(strategy("hash", ["a", "b"]))
+
+
+@given(st.lists(st.binary(max_size=12), min_size=1, max_size=100), st.integers(1, 40))
+def test_the_ring_index_finds_the_same_point_as_a_plain_bisect(
+    keys: list[bytes], count: int
+) -> None:
+    import bisect
+
+    ring = strategy("ring", [f"s{i}" for i in range(count)], vnodes=7)
+    placed = sorted((hash64(f"s{i}#{v}"), f"s{i}") for i in range(count) for v in range(7))
+    points = [p for p, _ in placed]
+    for key in keys:
+        index = bisect.bisect_left(points, hash64(key))
+        assert ring.shard_for(key) == placed[index % len(placed)][1]

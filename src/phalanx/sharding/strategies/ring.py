@@ -40,6 +40,8 @@ VNODES_DEFAULT: Final = 160
 VNODES_MAX: Final = 10_000
 #: Most points on one ring (memory bound: two Python lists of this length).
 RING_POINTS_MAX: Final = 5_000_000
+#: Most bits of the ring's bucket index (65,536 buckets: 0.5 MB at most).
+INDEX_BITS_MAX: Final = 16
 #: Smallest load factor of the bounded ring (1.0 would make every shard exactly full).
 LOAD_FACTOR_MIN: Final = 1.01
 #: Most keys a bounded ring remembers.
@@ -47,9 +49,14 @@ KEYS_MAX_DEFAULT: Final = 10_000_000
 
 
 class _Ring:
-    """Sorted points and their owners."""
+    """Sorted points, their owners, and a bucket index over the points.
 
-    __slots__ = ("owners", "points")
+    ``starts[b]`` is the first point whose top ``bits`` bits are at least ``b``: a lookup
+    bisects only the few points of its own bucket, touching a few cache lines instead of
+    ~17 scattered ones on a ring of 160,000 points.
+    """
+
+    __slots__ = ("owners", "points", "shift", "starts")
 
     def __init__(self, shards: tuple[str, ...], vnodes: int) -> None:
         if len(shards) * vnodes > RING_POINTS_MAX:
@@ -62,9 +69,17 @@ class _Ring:
         )
         self.points = [point for point, _ in placed]
         self.owners = [shard for _, shard in placed]
+        bits = min(INDEX_BITS_MAX, max(1, len(self.points).bit_length()))
+        self.shift = 64 - bits
+        self.starts = [bisect.bisect_left(self.points, b << self.shift) for b in range(1 << bits)]
+        self.starts.append(len(self.points))
 
     def start(self, key: Key) -> int:
-        index = bisect.bisect_left(self.points, hash64(key))
+        position = hash64(key)
+        bucket = position >> self.shift
+        index = bisect.bisect_left(
+            self.points, position, self.starts[bucket], self.starts[bucket + 1]
+        )
         return 0 if index == len(self.points) else index
 
 
@@ -77,7 +92,7 @@ def _check_vnodes(vnodes: int) -> int:
 class RingStrategy:
     """A consistent-hash ring with ``vnodes`` virtual nodes per shard."""
 
-    __slots__ = ("_owners", "_points", "_shards", "vnodes")
+    __slots__ = ("_owners", "_points", "_shards", "_shift", "_starts", "vnodes")
 
     name = "ring"
 
@@ -87,14 +102,18 @@ class RingStrategy:
         ring = _Ring(self._shards, self.vnodes)
         self._points = ring.points
         self._owners = ring.owners
+        self._shift = ring.shift
+        self._starts = ring.starts
 
     @property
     def shards(self) -> tuple[str, ...]:
         return self._shards
 
     def shard_for(self, key: Key) -> str:
-        raw = key.encode() if isinstance(key, str) else key
-        index = bisect.bisect_left(self._points, hash64(raw))
+        position = hash64(key)
+        bucket = position >> self._shift
+        starts = self._starts
+        index = bisect.bisect_left(self._points, position, starts[bucket], starts[bucket + 1])
         return self._owners[index if index < len(self._points) else 0]
 
     def with_shards(self, new_shards: Iterable[str]) -> Strategy:
