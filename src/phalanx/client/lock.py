@@ -277,14 +277,17 @@ class Claim:
             except PhalanxError as exc:  # transient: try again while the lease surely lives
                 _log.info("keep-alive of lease %x failed: %s", self.lease_id, exc)
                 continue
+            except Exception as exc:  # e.g. the client was closed: nothing renews the lease
+                self._lose(f"keep-alive of lease {self.lease_id:x} failed: {exc!r}")
+                return
             self._deadline = sent + self.ttl_s
             self._renewals += 1
 
     async def _watch_own_key(self) -> None:
         try:
             await wait_deleted(self.client, self.key, self.token + 1)
-        except PhalanxError as exc:
-            self._lose(f"cannot watch our key: {exc}")
+        except Exception as exc:  # whatever it was, we can no longer see our key
+            self._lose(f"cannot watch our key: {exc!r}")
         else:
             self._lose("our key was deleted (its lease expired or was revoked)")
 
@@ -409,7 +412,14 @@ class Lock:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.release()
+        if exc is None:
+            await self.release()
+            return
+        # Do not hide the body's error behind a failed revoke: the lease expires anyway.
+        try:
+            await self.release()
+        except PhalanxError as release_error:
+            _log.warning("lock %r: release failed: %s", self.name, release_error)
 
 
 class SyncHeld:
