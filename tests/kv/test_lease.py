@@ -7,6 +7,7 @@ from phalanx.kv import (
     LeaseExpire,
     LeaseGrant,
     LeaseKeepAlive,
+    LeaseRenewAll,
     LeaseRevoke,
     Proposal,
     Put,
@@ -20,6 +21,7 @@ from phalanx.kv.responses import (
     LeaseExpireResult,
     LeaseGrantResult,
     LeaseKeepAliveResult,
+    LeaseRenewAllResult,
     LeaseRevokeResult,
     Response,
 )
@@ -116,3 +118,17 @@ def test_put_with_an_unknown_lease_is_rejected() -> None:
     assert isinstance(result, Error)
     assert isinstance(result.exception(), LeaseNotFound)
     assert r.store.revision == 0
+
+
+def test_a_new_leaders_renewal_outlasts_the_time_without_a_leader() -> None:
+    r = Replica()
+    r.run(LeaseGrant(ttl_ms=1000, lease_id=1), now_ms=0)
+    r.run(LeaseGrant(ttl_ms=9000, lease_id=2), now_ms=0)
+    r.run(Put(b"a", b"1", lease=1))
+    # No leader for 2 s, so no keep-alive could land; the new leader renews first.
+    assert r.run(LeaseRenewAll(), now_ms=2000) == LeaseRenewAllResult(2)
+    assert r.store.leases.get(1).deadline_ms == 3000
+    assert r.store.leases.get(2).deadline_ms == 11_000
+    proposal = expire_proposal(r.store.leases, 2500)
+    assert proposal is None
+    assert r.store.get(b"a").count == 1

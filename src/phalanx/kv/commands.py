@@ -30,6 +30,7 @@ __all__ = [
     "LeaseExpire",
     "LeaseGrant",
     "LeaseKeepAlive",
+    "LeaseRenewAll",
     "LeaseRevoke",
     "Proposal",
     "Put",
@@ -137,6 +138,12 @@ class LeaseExpire(msgspec.Struct, frozen=True, array_like=True, tag="lease_expir
     lease_ids: tuple[int, ...]
 
 
+class LeaseRenewAll(msgspec.Struct, frozen=True, array_like=True, tag="lease_renew_all"):
+    """Proposed by a new leader only: every lease's deadline becomes at least the command's
+    ``now_ms`` plus its TTL, so no lease expires because keep-alives could not reach anyone
+    while there was no leader."""
+
+
 class RegisterSession(msgspec.Struct, frozen=True, array_like=True, tag="session"):
     """Open a client session; its id is the index of the entry that applies this."""
 
@@ -150,6 +157,7 @@ Command = (
     | LeaseRevoke
     | LeaseKeepAlive
     | LeaseExpire
+    | LeaseRenewAll
     | RegisterSession
 )
 

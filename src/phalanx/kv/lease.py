@@ -71,6 +71,16 @@ class LeaseTable:
         lease.deadline_ms = now_ms + lease.ttl_ms
         return lease
 
+    def renew_all(self, now_ms: int) -> int:
+        """Push every deadline to at least ``now_ms`` + its TTL; how many leases moved."""
+        moved = 0
+        for lease in self._leases.values():
+            deadline_ms = now_ms + lease.ttl_ms
+            if deadline_ms > lease.deadline_ms:
+                lease.deadline_ms = deadline_ms
+                moved += 1
+        return moved
+
     def remove(self, lease_id: int) -> Lease:
         return self._leases.pop(lease_id)
 

@@ -30,6 +30,7 @@ __all__ = [
     "LeaseExpireResult",
     "LeaseGrantResult",
     "LeaseKeepAliveResult",
+    "LeaseRenewAllResult",
     "LeaseRevokeResult",
     "Noop",
     "OpResult",
@@ -107,6 +108,10 @@ class LeaseExpireResult(msgspec.Struct, frozen=True, array_like=True, tag="lease
     expired: tuple[int, ...] = ()
 
 
+class LeaseRenewAllResult(msgspec.Struct, frozen=True, array_like=True, tag="lease_renew_all"):
+    renewed: int
+
+
 class SessionResult(msgspec.Struct, frozen=True, array_like=True, tag="session"):
     client_id: int
 
@@ -174,6 +179,7 @@ Response = (
     | LeaseRevokeResult
     | LeaseKeepAliveResult
     | LeaseExpireResult
+    | LeaseRenewAllResult
     | SessionResult
     | Noop
     | Error

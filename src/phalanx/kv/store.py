@@ -36,6 +36,7 @@ from phalanx.kv.commands import (
     LeaseExpire,
     LeaseGrant,
     LeaseKeepAlive,
+    LeaseRenewAll,
     LeaseRevoke,
     Proposal,
     Put,
@@ -59,6 +60,7 @@ from phalanx.kv.responses import (
     LeaseExpireResult,
     LeaseGrantResult,
     LeaseKeepAliveResult,
+    LeaseRenewAllResult,
     LeaseRevokeResult,
     Noop,
     OpResult,
@@ -261,6 +263,8 @@ class KVStore:
             return LeaseRevokeResult(self.revision, deleted)
         if isinstance(cmd, LeaseExpire):
             return self._expire(cmd)
+        if isinstance(cmd, LeaseRenewAll):
+            return LeaseRenewAllResult(self.leases.renew_all(self.clock_ms))
         invariant(isinstance(cmd, RegisterSession), f"unknown command {cmd!r}")
         self.sessions.register(index, self.clock_ms)
         return SessionResult(index)

@@ -41,7 +41,7 @@ from phalanx.errors import (
     Unavailable,
 )
 from phalanx.kv import KVStore, Proposal, Put, Range, WatchHub, encode_proposal
-from phalanx.kv.commands import Command, DeleteRange, LeaseExpire
+from phalanx.kv.commands import Command, DeleteRange, LeaseExpire, LeaseRenewAll
 from phalanx.kv.lease import expire_proposal
 from phalanx.kv.responses import Error, PutResult, RangeResult, Response
 from phalanx.net import PeerTransport
@@ -483,6 +483,12 @@ class RaftNode:
         self._term = status.term
         if soft.leader != NONE and self.startup_commit_index is None:
             self.startup_commit_index = status.commit
+        if soft.role == Role.LEADER and not was_leader:
+            # Keep-alives could not land while there was no leader: renew every lease
+            # before this leader's clock can expire any (the renewal is applied first).
+            with contextlib.suppress(ProposalDropped):
+                node.propose(encode_proposal(Proposal(LeaseRenewAll(), _now_ms())))
+                self._expire_index = node.status().last_index
         if was_leader and soft.role != Role.LEADER:
             self._expire_index = _NO_EXPIRY
             self._fail_proposals(
@@ -640,8 +646,8 @@ class RaftNode:
         state machine rejects raises its typed error (``LeaseNotFound``, ``Compacted``...).
         """
         node = self._check_open()
-        if isinstance(command, LeaseExpire):
-            raise BadRequest("lease expiry is decided by the leader, not proposed by clients")
+        if isinstance(command, LeaseExpire | LeaseRenewAll):
+            raise BadRequest("lease expiry and renewal are the leader's, not a client's")
         data = encode_proposal(
             Proposal(command, _now_ms(), client_id, seq, acked_seq), self.store.limits
         )
