@@ -16,6 +16,7 @@ from click.testing import CliRunner, Result
 
 from node_cluster import cluster, endpoint, leader_of
 from phalanx.cli.endpoints import ENDPOINTS_ENV, resolve_endpoints
+from phalanx.cli.lock import EXIT_LOCK_LOST
 from phalanx.cli.main import _register, cli
 from phalanx.client import AsyncClient
 from phalanx.client.election import Election
@@ -100,6 +101,25 @@ async def test_lock_runs_the_command_with_its_fencing_token(tmp_path: Path) -> N
             assert missing.exit_code == 1
             assert "cannot run" in missing.output
             assert (await client.range(queue, prefix=True)).count == 0
+
+
+async def test_lock_lost_while_the_command_runs_terminates_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with cluster(tmp_path) as nodes:
+        await leader_of(nodes)
+        endpoints = ",".join(endpoint(n) for n in nodes.values())
+
+        async def never(self: AsyncClient, lease_id: int) -> float:
+            await asyncio.Event().wait()  # the lock's keep-alives never get through
+            return 0.0
+
+        monkeypatch.setattr(AsyncClient, "keep_alive", never)
+        forever = [sys.executable, "-c", "import time; time.sleep(600)"]
+        args = ["lock", "doomed", "--ttl-s", "0.5", "--endpoints", endpoints, "--", *forever]
+        result = await asyncio.wait_for(asyncio.to_thread(_invoke, args), WAIT_S)
+        assert result.exit_code == EXIT_LOCK_LOST
+        assert "terminating the command" in result.output
 
 
 async def test_elect_leads_until_sigterm_and_observe_follows(tmp_path: Path) -> None:
