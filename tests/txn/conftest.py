@@ -3,6 +3,7 @@
 Two servers, not two databases on one, so that a test can crash one participant's server
 while the other keeps running. Started once per session, only when a test asks for them.
 ``tpc`` is the helper module ``tpc_servers.py`` (crash, restart, create_database).
+``saga_services`` is ``saga_services.py``, which the saga crash child imports too.
 """
 
 from __future__ import annotations
@@ -17,12 +18,9 @@ from typing import Any
 import pytest
 
 
-def _load_tpc() -> ModuleType:
-    name = "phalanx_tests_tpc"
+def _load(name: str, filename: str) -> ModuleType:
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).with_name("tpc_servers.py")
-        )
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(filename))
         assert spec is not None
         assert spec.loader is not None
         module = importlib.util.module_from_spec(spec)
@@ -33,7 +31,13 @@ def _load_tpc() -> ModuleType:
 
 @pytest.fixture(scope="session")
 def tpc() -> ModuleType:
-    return _load_tpc()
+    return _load("phalanx_tests_tpc", "tpc_servers.py")
+
+
+@pytest.fixture(scope="session")
+def saga_services() -> ModuleType:
+    """``saga_services.py``: the order saga of the crash tests and its fake services."""
+    return _load("saga_services", "saga_services.py")
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,7 @@ def _register() -> None:
     from phalanx.cli.kv import kv
     from phalanx.cli.lock import lock
     from phalanx.cli.node import node
+    from phalanx.cli.saga import saga
     from phalanx.cli.shard import shard
     from phalanx.cli.sim import sim
 
@@ -36,6 +37,7 @@ def _register() -> None:
     cli.add_command(kv)
     cli.add_command(lock)
     cli.add_command(node)
+    cli.add_command(saga)
     cli.add_command(shard)
     cli.add_command(sim)
 
