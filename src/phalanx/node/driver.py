@@ -351,8 +351,15 @@ class RaftNode:
 
     @property
     def started(self) -> bool:
-        """The log is replayed and the node runs (``/startup``)."""
-        return self._runner is not None and not self._stopping
+        """The node runs: started, not stopping, and its loops have not failed."""
+        return self._runner is not None and not self._runner.done() and not self._stopping
+
+    async def wait_stopped(self) -> None:
+        """Return once the node's loops ended, by ``aclose`` or by failing (a failed fsync,
+        an invariant violation); ``aclose`` then raises the failure."""
+        runner = self._runner
+        if runner is not None:
+            await asyncio.wait({runner})
 
     @property
     def ready(self) -> bool:

@@ -78,7 +78,13 @@ async def serve(
             *(node.client_address or client_listen),
         )
         _say(f"phalanx node {node_id} ready")
-        await stop.wait()
+        # Until a signal, or until the node's loops fail: closing the node then raises the
+        # failure and the process exits non-zero, so a supervisor restarts it.
+        waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(node.wait_stopped())}
+        _, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in pending:
+            waiter.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
         if http is not None:
             http.health.set_ready(ready=False, reason="shutting down")
     _say(f"phalanx node {node_id} stopped")
