@@ -636,6 +636,19 @@ def populate(cluster: Cluster, keyspace: int) -> None:
     asyncio.run(fill())
 
 
+def median_rows(runs: list[list[Row]]) -> list[Row]:
+    """Per (system, op, clients), the row of median throughput over the runs (in order)."""
+    groups: dict[tuple[str, str, int], list[Row]] = {}
+    for run in runs:
+        for row in run:
+            groups.setdefault((row.system, row.op, row.clients), []).append(row)
+    merged = []
+    for group in groups.values():
+        group.sort(key=lambda r: r.throughput)
+        merged.append(group[len(group) // 2])
+    return merged
+
+
 @contextlib.contextmanager
 def running(cluster: Cluster) -> Iterator[Cluster]:
     try:
@@ -667,9 +680,9 @@ def probe_fsync(directory: Path, count: int = 100) -> tuple[float, float]:
 FSYNC_PROBES: dict[str, tuple[float, float]] = {}
 
 
-def bench_system(name: str, args: argparse.Namespace, base: Path) -> list[Row]:
+def bench_system(name: str, args: argparse.Namespace, base: Path, repeat: int = 0) -> list[Row]:
     rows: list[Row] = []
-    root = base / name
+    root = base / f"{name}-{repeat}"
     root.mkdir()
     FSYNC_PROBES[name] = probe_fsync(root)
     print(
@@ -941,13 +954,20 @@ def _versions() -> str:
     return ", ".join(parts)
 
 
+def _repeats(count: int) -> str:
+    if count <= 1:
+        return ""
+    return f" (each row: the median run by throughput of {count}, systems interleaved)"
+
+
 def results_block(rows: list[Row], args: argparse.Namespace, started: str, argv: str) -> str:
     lines = [*results_table(rows), ""]
     lines += targets(rows, args.levels)
     lines += [
         (
             f"- Measured: {started} UTC, {args.warmup:g} s warmup then {args.duration:g} s "
-            f"measured per row; load generator in up to {args.procs} processes; keyspace "
+            f"measured per row{_repeats(args.repeat)}; load generator in up to {args.procs} "
+            f"processes; keyspace "
             f"{args.keyspace} keys, 8-byte keys, 256-byte values; every request to the leader."
         ),
         (
@@ -1066,6 +1086,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--ops-max", type=int, default=2_000_000, help="operation budget per row (bound)"
     )
     parser.add_argument("--procs", type=int, default=2, help="load generator processes (default 2)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run every system this many times, interleaved; report the median run per row",
+    )
     parser.add_argument("--tick-ms", type=int, default=100, help="Phalanx's Raft tick")
     parser.add_argument(
         "--keyspace", type=int, default=KEYSPACE, help="distinct keys written and read"
@@ -1106,8 +1132,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         args.duration = 1.0 if args.quick else 5.0
     if args.warmup is None:
         args.warmup = 0.3 if args.quick else 1.0
-    if args.duration <= 0 or args.warmup < 0 or args.procs < 1 or args.ops_max < 1:
-        parser.error("--duration, --procs and --ops-max must be positive")
+    if args.duration <= 0 or args.warmup < 0 or min(args.procs, args.ops_max, args.repeat) < 1:
+        parser.error("--duration, --procs, --ops-max and --repeat must be positive")
     return args
 
 
@@ -1129,8 +1155,13 @@ def main(argv: list[str] | None = None) -> int:
     profile: Profile | None = None
     try:
         if not args.profile_only:
-            for name in args.systems:
-                rows.extend(bench_system(name, args, base))
+            runs = []
+            for repeat in range(args.repeat):
+                run: list[Row] = []
+                for name in args.systems:
+                    run.extend(bench_system(name, args, base, repeat))
+                runs.append(run)
+            rows = median_rows(runs)
         if not args.no_profile:
             try:
                 profile = profile_phalanx(args, base)
