@@ -87,6 +87,20 @@ def _optional_address(
     show_default=True,
     help="Lowest level of the records logged.",
 )
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False),
+    help="PEM certificate: TLS for peers and clients.",
+)
+@click.option("--tls-key", type=click.Path(dir_okay=False), help="PEM private key of --tls-cert.")
+@click.option(
+    "--tls-ca", type=click.Path(dir_okay=False), help="PEM CA that signs every member's cert."
+)
+@click.option(
+    "--tls-mutual",
+    is_flag=True,
+    help="Require a certificate signed by --tls-ca from every peer and client (mutual TLS).",
+)
 def node(
     node_id: int,
     data_dir: str,
@@ -100,6 +114,10 @@ def node(
     http_listen: Address | None,
     log_format: Literal["text", "json"],
     log_level: str,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_ca: str | None,
+    tls_mutual: bool,
 ) -> None:
     """Run one Phalanx node until SIGTERM or SIGINT."""
     from phalanx.node.process import run_node
@@ -110,6 +128,17 @@ def node(
         raise click.BadParameter(str(exc), param_hint="--cluster") from None
     if node_id not in members:
         raise click.BadParameter(f"node {node_id} is not listed", param_hint="--cluster")
+    tls = None
+    if tls_cert or tls_key or tls_ca:
+        if not (tls_cert and tls_key and tls_ca):
+            raise click.UsageError("TLS needs all of --tls-cert, --tls-key and --tls-ca")
+        from pathlib import Path
+
+        from phalanx.net.tls import TlsFiles
+
+        tls = TlsFiles(Path(tls_cert), Path(tls_key), Path(tls_ca), mutual=tls_mutual)
+    elif tls_mutual:
+        raise click.UsageError("--tls-mutual needs --tls-cert, --tls-key and --tls-ca")
     run_node(
         node_id,
         data_dir,
@@ -123,4 +152,5 @@ def node(
         http_listen=http_listen,
         log_format=log_format,
         log_level=log_level,
+        tls=tls,
     )

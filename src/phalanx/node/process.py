@@ -16,6 +16,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from phalanx.net.tls import TlsFiles
 from phalanx.node.cluster_spec import Address, Member
 from phalanx.node.driver import RaftNode
 from phalanx.node.http import node_http_server
@@ -40,6 +41,7 @@ async def serve(
     fsync: bool = True,
     join: bool = False,
     http_listen: Address | None = None,
+    tls: TlsFiles | None = None,
 ) -> None:
     """Start the node, wait for SIGTERM or SIGINT, close it."""
     stop = asyncio.Event()
@@ -59,6 +61,7 @@ async def serve(
         storage_limits=StorageLimits(fsync=fsync),
         join=join,
         observer=observer,
+        tls=tls,
     )
     observer.watch_peers(
         lambda: {peer: s.queue_bytes for peer, s in node.transport_statistics().peers.items()}
@@ -107,6 +110,7 @@ def run_node(
     fsync: bool = True,
     join: bool = False,
     http_listen: Address | None = None,
+    tls: TlsFiles | None = None,
     log_format: LogFormat = "text",
     log_level: str = "info",
 ) -> None:
@@ -123,5 +127,6 @@ def run_node(
             fsync=fsync,
             join=join,
             http_listen=http_listen,
+            tls=tls,
         )
     )
