@@ -143,7 +143,9 @@ async def test_adding_a_shard_under_continuous_writes_loses_and_duplicates_nothi
     new_map = old_map.with_shards(["s0", "s1", "s2"], {"s2": urls["s2"]})
     jobs = MemoryJobStore()
     jobs.save(plan("grow", old_map, new_map, [ACCOUNTS]))
-    writer = Workload(Router(old_map, backends, reload=maps.aload), expected)
+    # The writer knows only the old shards: it opens s2 from the map once the map names it.
+    old_backends = {n: backends[n] for n in ("s0", "s1")}
+    writer = Workload(Router(old_map, old_backends, reload=maps.aload), expected)
     done = asyncio.Event()
 
     async def move() -> None:
@@ -165,6 +167,8 @@ async def test_adding_a_shard_under_continuous_writes_loses_and_duplicates_nothi
     assert state.rows_copied > 0
     assert state.checksums
     assert_placed(await everything(backends, ("s0", "s1", "s2")), new_map, expected)
+    assert writer.router.backend("s2") is not backends["s2"]
+    await writer.router.close()
     for backend in backends.values():
         await backend.close()
 

@@ -49,7 +49,7 @@ from typing import Any, Final, TypeVar
 from phalanx.clock import SYSTEM_CLOCK, Clock
 from phalanx.errors import BadRequest, BulkheadFull, PhalanxError, Timeout
 from phalanx.resilience import Bulkhead, TimeLimiter
-from phalanx.sharding.backend import Guard, Row, ShardBackend, Statement
+from phalanx.sharding.backend import Guard, Row, ShardBackend, Statement, open_backend
 from phalanx.sharding.crossshard import CrossShardWriter
 from phalanx.sharding.errors import (
     CrossShardWrite,
@@ -163,9 +163,19 @@ class Router:
     # -- the map ----------------------------------------------------------------------------
 
     def _check_backends(self) -> None:
+        for shard in self.strategy.shards:
+            location = self.shard_map.locations.get(shard)
+            if shard not in self._backends and location is not None:
+                # A shard added by a rebalance: open it from the location the map names.
+                self._backends[shard] = open_backend(shard, location)
         missing = sorted(set(self.strategy.shards) - set(self._backends))
         if missing:
             raise BadRequest(f"router: no backend for shards {missing}")
+
+    @classmethod
+    def from_map(cls, shard_map: ShardMap, **options: Any) -> Router:
+        """A router with a backend opened for every shard location of ``shard_map``."""
+        return cls(shard_map, {}, **options)
 
     @property
     def map_version(self) -> int:
