@@ -196,27 +196,13 @@ def search(  # noqa: PLR0912, PLR0915
     reads_first = True
     while remaining:
         counter += 1
-        if counter % DEADLINE_CHECK_EVERY == 0:
-            if deadline_s is not None and now_s() > deadline_s:
-                return finish(
-                    Verdict.UNKNOWN,
-                    reason="deadline",
-                    cache_entries=len(cache) + forgotten,
-                    steps=counter,
-                )
-            if len(cache) > cache_max:
-                # Forget configurations behind the oldest unplaced operation: the search
-                # rarely goes back there, and the cache only saves work, it decides nothing.
-                kept = {config for config in cache if config[0] >= low}
-                if len(kept) > cache_max // 2:
-                    return finish(
-                        Verdict.UNKNOWN,
-                        reason=f"cache_entries_max={cache_max} reached",
-                        cache_entries=len(cache) + forgotten,
-                        steps=counter,
-                    )
-                forgotten += len(cache) - len(kept)
-                cache = kept
+        if counter % DEADLINE_CHECK_EVERY == 0 and deadline_s is not None and now_s() > deadline_s:
+            return finish(
+                Verdict.UNKNOWN,
+                reason="deadline",
+                cache_entries=len(cache) + forgotten,
+                steps=counter,
+            )
         i = op_of[entry]
         if is_call[entry]:
             if reads_first and not is_read[i]:
@@ -232,6 +218,20 @@ def search(  # noqa: PLR0912, PLR0915
                     config = (low, window | (1 << (i - low)), after)
                 if config not in cache:
                     cache.add(config)
+                    if len(cache) > cache_max:
+                        # Forget configurations behind the oldest unplaced operation: the
+                        # search rarely goes back there, and the cache saves work, it decides
+                        # nothing.
+                        kept = {c for c in cache if c[0] >= low}
+                        if len(kept) > cache_max // 2:
+                            return finish(
+                                Verdict.UNKNOWN,
+                                reason=f"cache_entries_max={cache_max} reached",
+                                cache_entries=len(cache) + forgotten,
+                                steps=counter,
+                            )
+                        forgotten += len(cache) - len(kept)
+                        cache = kept
                     # A read that fits now is placed now, without trying the alternatives:
                     # any linearization placing it later stays one with it moved here.
                     stack = (-entry if is_read[i] else entry, state, low, window, stack)
