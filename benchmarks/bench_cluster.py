@@ -132,11 +132,16 @@ class Server:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def stop(self) -> None:
-        """SIGTERM (a clean exit, so profiles are written), then SIGKILL of the group."""
+    def terminate(self) -> None:
+        """Ask for a clean exit (SIGTERM to the process group) without waiting."""
         if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGTERM)
+
+    def stop(self) -> None:
+        """SIGTERM (a clean exit, so profiles are written), then SIGKILL of the group."""
+        if self.process.poll() is None:
+            self.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=STOP_TIMEOUT_S)
         with contextlib.suppress(ProcessLookupError):
@@ -195,6 +200,8 @@ class Cluster:
         return [s.pid for s in self.servers]
 
     def stop(self) -> None:
+        for server in self.servers:
+            server.terminate()
         for server in self.servers:
             server.stop()
 

@@ -18,7 +18,7 @@ def test_bench_cluster_quick_phalanx_run(tmp_path: Path) -> None:
             "--systems",
             "phalanx-fsync",
             "--levels",
-            "1,2",
+            "2",
             "--duration",
             "0.3",
             "--warmup",
