@@ -10,7 +10,7 @@ import pytest
 
 from node_cluster import cluster, endpoint, leader_of
 from phalanx.client import AsyncClient
-from phalanx.errors import Indeterminate, Unavailable
+from phalanx.errors import Indeterminate, Timeout, Unavailable
 from phalanx.net.tls import TlsFiles
 
 
@@ -26,9 +26,9 @@ async def test_mutual_tls_cluster_serves_tls_clients_only(tmp_path: Path, certs:
         # learns it only after sending): nothing is served.
         anonymous = ssl.create_default_context(cafile=str(certs.ca))
         async with AsyncClient(endpoints, ssl=anonymous, total_timeout_s=1) as client:
-            with pytest.raises((Unavailable, Indeterminate)):
+            with pytest.raises((Unavailable, Indeterminate, Timeout)):
                 await client.get(b"secret")
         # A plain-text client gets nowhere either.
         async with AsyncClient(endpoints, total_timeout_s=1) as client:
-            with pytest.raises((Unavailable, Indeterminate)):
+            with pytest.raises((Unavailable, Indeterminate, Timeout)):
                 await client.get(b"secret")
