@@ -163,7 +163,7 @@ def order_saga() -> SagaDefinition:
         def action(ctx: StepContext) -> str:
             return f"{name}-{ctx.payload['order']}"
 
-        return Step(name, action, lambda ctx: None)
+        return Step(name, action, lambda _ctx: None)
 
     return SagaDefinition("order", [step(n) for n in ("reserve", "charge", "ship", "notify")])
 
