@@ -5,9 +5,10 @@ Run: ``.venv/bin/python benchmarks/cluster_fsyncs_per_write.py [--writes 300]``;
 compare. Three ``RaftNode`` objects run in this one process on loopback, with fsync on;
 every ``os.fdatasync`` of the process is counted. One writer puts ``--writes`` keys one after
 the other (p50/p90 latency and fdatasyncs per write over the three nodes), then 16 writers
-put 60 keys each (writes per second). Running the nodes in one process takes the scheduling
-of three processes on a busy machine out of the figures, which makes this a steadier
-comparison of two versions of the write path than ``bench_cluster.py``.
+put 60 keys each (writes per second, and the process's CPU time per write). Running the
+nodes in one process takes the scheduling of three processes on a busy machine out of the
+figures, which makes this a steadier comparison of two versions of the write path than
+``bench_cluster.py``.
 """
 
 from __future__ import annotations
@@ -91,8 +92,12 @@ async def run(writes: int) -> str:
                     await leader.put(b"c%02d%05d" % (c, i), VALUE)
 
             start = time.perf_counter()
+            cpu = time.process_time()
+            before = syncs[0]
             await asyncio.gather(*(writer(c) for c in range(16)))
             rate = 16 * 60 / (time.perf_counter() - start)
+            cpu_us = (time.process_time() - cpu) / (16 * 60) * 1e6
+            per_write_16 = (syncs[0] - before) / (16 * 60)
         finally:
             for node in nodes:
                 await node.aclose()
@@ -101,7 +106,8 @@ async def run(writes: int) -> str:
         f"1 writer: p50 {latencies[writes // 2] * 1e3:.2f} ms, "
         f"p90 {latencies[int(writes * 0.9)] * 1e3:.2f} ms, "
         f"{per_write:.2f} fdatasyncs per write over the three nodes; "
-        f"16 writers: {rate:,.0f} writes/s"
+        f"16 writers: {rate:,.0f} writes/s, {cpu_us:,.0f} µs of CPU and "
+        f"{per_write_16:.2f} fdatasyncs per write (three nodes)"
     )
 
 
