@@ -146,6 +146,12 @@ def cluster() -> None:
     help="First port; member k uses the ports from base + 2k (3k when nodes serve HTTP). "
     "Default: ports the system has free.",
 )
+@click.option(
+    "--ports",
+    default=None,
+    help="Explicit ports, comma-separated: peer, client (and http when nodes serve it) of "
+    "member 1, then member 2...",
+)
 @click.option("--no-fsync", is_flag=True, help="Do not fsync the log (benchmarks only: unsafe).")
 @click.option(
     "--tick-ms",
@@ -159,6 +165,7 @@ def up(
     nodes: int,
     data_dir: str,
     base_port: int | None,
+    ports: str | None,
     no_fsync: bool,
     tick_ms: int,
     cluster_id: str,
@@ -181,6 +188,12 @@ def up(
         console.print(f"Starting the stopped cluster recorded in {record.path}.")
     else:
         try:
+            port_list = [int(p) for p in ports.split(",")] if ports else None
+        except ValueError:
+            raise click.BadParameter(
+                f"{ports!r}: integers expected", param_hint="--ports"
+            ) from None
+        try:
             record = create(
                 data_dir,
                 nodes,
@@ -188,6 +201,7 @@ def up(
                 cluster_id=cluster_id,
                 tick_ms=tick_ms,
                 fsync=not no_fsync,
+                ports=port_list,
             )
         except ClusterError as exc:
             raise _fail(str(exc)) from None

@@ -62,6 +62,9 @@ STATUS_TIMEOUT_S: Final = 1.5
 STOP_WAIT_S_MAX: Final = 10.0
 #: How long ``up`` waits for the members to elect a leader (process start included).
 LEADER_WAIT_S_MAX: Final = 30.0
+#: Committed entries a member may have left to apply and still count as healthy: a status
+#: taken while entries commit often finds a few of them not applied yet.
+APPLY_LAG_ENTRIES_MAX: Final = 64
 _POLL_INTERVAL_S: Final = 0.05
 _LOG_TAIL_BYTES: Final = 2000
 _RECORD_VERSION: Final = 1
@@ -224,18 +227,29 @@ def create(
     tick_ms: int = 100,
     fsync: bool = True,
     http: bool | None = None,
+    ports: Sequence[int] | None = None,
 ) -> LocalCluster:
     """A new record for ``nodes`` members under ``root`` (nothing is started).
 
     Ports: with ``base_port``, member ``k`` (from 0) gets ``base_port + stride * k`` for its
     peers, the next port for clients and, when the node serves HTTP, the one after; without
-    it, ports the system has free now.
+    it, ``ports`` (given explicitly, ``stride`` per member), or else ports the system has
+    free now.
     """
     if not 1 <= nodes <= NODES_MAX:
         raise ClusterError(f"--nodes: between 1 and {NODES_MAX}, got {nodes}")
     root_path = Path(root).resolve()
     with_http = node_supports("http_listen") if http is None else http
-    ports = allocate_ports(nodes * (3 if with_http else 2), base_port)
+    needed = nodes * (3 if with_http else 2)
+    if ports is not None:
+        if len(ports) != needed or len(set(ports)) != needed:
+            raise ClusterError(
+                f"--ports: {needed} distinct ports needed ({'3' if with_http else '2'} per "
+                f"member: peer, client{', http' if with_http else ''}), got {len(ports)}"
+            )
+        ports = list(ports)
+    else:
+        ports = allocate_ports(needed, base_port)
     members = []
     for k in range(nodes):
         stride = 3 if with_http else 2
@@ -395,7 +409,7 @@ class MemberStatus:
             return "not ready"
         if self.status.leader == 0:
             return "no leader"
-        if self.status.applied_index < self.status.commit_index:
+        if self.status.commit_index - self.status.applied_index > APPLY_LAG_ENTRIES_MAX:
             return "catching up"
         return "healthy"
 

@@ -1,8 +1,9 @@
 """The text form of a transaction read by ``phalanx kv txn``.
 
 Three sections separated by blank lines, as in etcdctl's interactive ``txn``: the compares,
-the operations run when every compare holds, and the operations run otherwise. A section may
-be empty; lines starting with ``#`` are comments (they do not end a section)::
+the operations run when every compare holds, and the operations run otherwise. A run of blank
+lines ends one section, so a text that starts with a blank line has no compares; trailing
+sections may be left out. Lines starting with ``#`` are comments (they end no section)::
 
     # compares: TARGET("KEY") OP OPERAND, OP one of = != < >
     value("config/mode") = "blue"
@@ -83,17 +84,20 @@ def parse_txn(text: str, *, hex_mode: bool = False) -> TxnText:
         raise TxnTextError(f"a transaction has at most {TXN_LINES_MAX} lines, got {len(lines)}")
     encode = bytes.fromhex if hex_mode else str.encode
     sections: list[list[tuple[int, str]]] = [[]]
+    previous_blank = False
     for number, line in enumerate(lines, start=1):
         stripped = line.strip()
         if stripped.startswith("#"):
             continue
         if not stripped:
-            if sections[-1]:
+            if not previous_blank:  # a run of blank lines ends one section
                 sections.append([])
+            previous_blank = True
             continue
+        previous_blank = False
         sections[-1].append((number, stripped))
-    if not sections[-1]:
-        sections.pop()
+    while len(sections) > 1 and not sections[-1]:
+        sections.pop()  # blank lines at the end
     if len(sections) > 3:
         first_extra = sections[3][0][0]
         raise TxnTextError(f"line {first_extra}: a fourth section (expected compares, then, else)")
