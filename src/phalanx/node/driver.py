@@ -45,6 +45,7 @@ from phalanx.kv.commands import Command, DeleteRange, LeaseExpire, LeaseRenewAll
 from phalanx.kv.lease import expire_proposal
 from phalanx.kv.responses import Error, PutResult, RangeResult, Response
 from phalanx.net import PeerTransport
+from phalanx.net.faults import LinkFaults
 from phalanx.net.tls import TlsFiles
 from phalanx.net.transport import TransportStatistics
 from phalanx.node.client_protocol import MemberInfo, NodeStatus
@@ -189,6 +190,8 @@ class RaftNode:
         self._client_listen = client_listen
         self._client_server: ClientServer | None = None
         self._tls = tls
+        #: Injected network faults (cut links), for partition and chaos tests.
+        self.faults = LinkFaults()
         #: The voter this node handed leadership to when it closed (0: none).
         self.handed_over_to = 0
 
@@ -390,7 +393,7 @@ class RaftNode:
     # -- inputs -------------------------------------------------------------------------------
 
     def _on_message(self, message: Message) -> None:
-        if self._node is None or self._stopping:
+        if self._node is None or self._stopping or self.faults.blocks_in(message.src):
             return
         self._node.step(message)
         self._wake.set()
@@ -450,8 +453,21 @@ class RaftNode:
             self.observer.on_persist(time.perf_counter() - began, len(ready.entries))
         # 2. Send, now that what the messages promise is durable.
         for message in ready.messages:
-            transport.send(message)
+            if not self.faults.blocks_out(message.dst):
+                transport.send(message)
         # 3. Install the snapshot, apply the committed entries in order.
+        self._apply(node, ready)
+        # 4. Serve the reads whose index is applied.
+        for read in ready.read_states:
+            future = self._reads.pop(read.context, None)
+            if future is not None and not future.done():
+                future.set_result(read.index)
+        self._serve_reads()
+        if ready.soft_state is not None:
+            self._on_soft_state(node, ready.soft_state)
+        node.advance(ready)
+
+    def _apply(self, node: RawNode, ready: Ready) -> None:
         members_changed = False
         if ready.snapshot is not None and ready.snapshot.meta.index > self.store.applied_index:
             self.store.restore(ready.snapshot.data)
@@ -473,15 +489,6 @@ class RaftNode:
         if ready.committed_entries or ready.snapshot is not None:
             self.observer.on_apply(node.status().commit, self.store.applied_index)
             self._notify_applied()
-        # 4. Serve the reads whose index is applied.
-        for read in ready.read_states:
-            future = self._reads.pop(read.context, None)
-            if future is not None and not future.done():
-                future.set_result(read.index)
-        self._serve_reads()
-        if ready.soft_state is not None:
-            self._on_soft_state(node, ready.soft_state)
-        node.advance(ready)
 
     def _on_soft_state(self, node: RawNode, soft: SoftState) -> None:
         was_leader = self._role == Role.LEADER
