@@ -26,17 +26,24 @@ from phalanx.txn.saga import (
     retry_dead_letter,
 )
 from phalanx.txn.saga.state import SagaEvent
+from phalanx.txn.saga.store_postgres import PostgresSagaStore
 
-Store = MemorySagaStore | SqliteSagaStore
+Store = MemorySagaStore | SqliteSagaStore | PostgresSagaStore
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     if request.param == "memory":
         yield MemorySagaStore()
-    else:
+    elif request.param == "sqlite":
         with SqliteSagaStore(tmp_path / "sagas.db") as sqlite_store:
             yield sqlite_store
+    else:
+        tpc = request.getfixturevalue("tpc")
+        server = request.getfixturevalue("tpc_pair")[0]
+        name = f"s{abs(hash(request.node.name)) % 10**8}"
+        with PostgresSagaStore(tpc.create_database(server, name)) as pg_store:
+            yield pg_store
 
 
 class Services:

@@ -3,13 +3,15 @@
 * :mod:`.definition`: :class:`SagaDefinition`, :class:`Step`, :class:`StepContext`;
 * :mod:`.state`: :class:`SagaRecord`, :class:`SagaStatus`, :class:`SagaEvent` (the timeline);
 * :mod:`.machine`: :class:`SagaMachine`, the sans-I/O executor;
-* :mod:`.store`, :mod:`.store_sqlite`: the saga log (in memory, SQLite) with leases and
-  fencing tokens;
+* :mod:`.store`, :mod:`.store_sqlite`, :mod:`.store_postgres`: the saga log (in memory,
+  SQLite, PostgreSQL) with leases and fencing tokens;
 * :mod:`.worker`: :class:`SagaWorker`, which claims sagas and runs their steps;
 * :mod:`.admin`: what ``phalanx saga retry`` and ``compensate`` do.
 
-See ``docs/saga.md``.
+See ``docs/saga.md``. :class:`PostgresSagaStore` loads psycopg on first use.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from phalanx.txn.saga.admin import force_compensate, retry_dead_letter
 from phalanx.txn.saga.definition import SagaDefinition, Step, StepContext
@@ -19,9 +21,13 @@ from phalanx.txn.saga.store import LeaseLost, MemorySagaStore, SagaStore
 from phalanx.txn.saga.store_sqlite import SqliteSagaStore
 from phalanx.txn.saga.worker import SagaWorker, WorkerStatistics
 
+if TYPE_CHECKING:
+    from phalanx.txn.saga.store_postgres import PostgresSagaStore
+
 __all__ = [
     "LeaseLost",
     "MemorySagaStore",
+    "PostgresSagaStore",
     "SagaDefinition",
     "SagaEvent",
     "SagaMachine",
@@ -37,3 +43,11 @@ __all__ = [
     "retry_dead_letter",
     "step_key",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PostgresSagaStore":
+        from phalanx.txn.saga.store_postgres import PostgresSagaStore
+
+        return PostgresSagaStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
