@@ -13,8 +13,9 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
+from typing import Any
 
 from phalanx.net.tls import TlsFiles
 from phalanx.node.cluster_spec import Address, Member
@@ -93,6 +94,17 @@ async def serve(
     _say(f"phalanx node {node_id} stopped")
 
 
+def _run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` on uvloop when it is installed (faster sockets and timers), else on the
+    standard asyncio loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
 def _say(line: str) -> None:
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
@@ -115,7 +127,7 @@ def run_node(
     log_level: str = "info",
 ) -> None:
     configure_logging(node_id, log_format=log_format, level=log_level)
-    asyncio.run(
+    _run_loop(
         serve(
             node_id,
             data_dir,
