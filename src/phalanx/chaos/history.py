@@ -224,6 +224,13 @@ class Recorder:
         self._done[handle] = op
         return op
 
+    def statistics(self) -> dict[str, int]:
+        """How many operations are recorded, by outcome, and how many are still pending."""
+        counts = {"ok": 0, "fail": 0, "info": 0}
+        for op in self._done.values():
+            counts[op.outcome.value] += 1
+        return {**counts, "pending": len(self._pending), "ops_max": self.ops_max}
+
     def operations(self) -> list[Operation]:
         """Every operation in invocation order; the pending ones as ``info``."""
         ops = dict(self._done)
