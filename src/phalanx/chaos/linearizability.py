@@ -281,7 +281,9 @@ def search(  # noqa: PLR0912, PLR0915
             nxt[prv[node]] = node
             prv[nxt[node]] = node
             if not forced:
+                # Its alternatives are the calls after it, all of them, reads or not.
                 entry = nxt[node]
+                reads_first = False
                 break
         else:
             break
