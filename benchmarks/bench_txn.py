@@ -46,6 +46,7 @@ import tpc_servers  # noqa: E402 - tests/txn/tpc_servers.py, after extending sys
 
 from phalanx.clock import ManualClock  # noqa: E402
 from phalanx.txn.saga import (  # noqa: E402
+    PostgresSagaStore,
     SagaDefinition,
     SagaEvent,
     SagaStatus,
@@ -168,9 +169,10 @@ def order_saga() -> SagaDefinition:
     return SagaDefinition("order", [step(n) for n in ("reserve", "charge", "ship", "notify")])
 
 
-def bench_sagas(base: Path, count: int, synchronous: str) -> None:
+def bench_sagas(base: Path, count: int, synchronous: str, dsn: str | None = None) -> None:
     path = base / f"sagas-{synchronous}.db"
-    with SqliteSagaStore(path, synchronous=synchronous) as store:
+    store: Any = PostgresSagaStore(dsn) if dsn else SqliteSagaStore(path, synchronous=synchronous)
+    with store:
         worker = SagaWorker(store, [order_saga()], worker_id="w", claim_batch=256)
         start = time.perf_counter()
         for i in range(count):
@@ -178,9 +180,9 @@ def bench_sagas(base: Path, count: int, synchronous: str) -> None:
         worker.run_until_idle()
         elapsed_s = time.perf_counter() - start
         done = len(store.find(status=SagaStatus.COMPLETED, limit=count))
+    where = "PostgreSQL log (fsync off)" if dsn else f"SQLite log ({synchronous})"
     sys.stdout.write(
-        f"sagas, SQLite log ({synchronous}): {done} in {elapsed_s:.2f} s = "
-        f"{done / elapsed_s:.0f} sagas/s\n"
+        f"sagas, {where}: {done} in {elapsed_s:.2f} s = {done / elapsed_s:.0f} sagas/s\n"
     )
 
 
@@ -241,6 +243,11 @@ def main() -> None:
                 conn.execute("CREATE TABLE t (id text PRIMARY KEY)")
             dsns.append(dsn)
         dsn_a, dsn_b = dsns
+        if args.only is None:
+            with tempfile.TemporaryDirectory(prefix="bench-saga-") as tmp:
+                bench_sagas(
+                    Path(tmp), args.sagas, "-", dsn=tpc_servers.create_database(servers[0], "sagas")
+                )
         count = args.transactions
         with tempfile.TemporaryDirectory(prefix="bench-txn-") as tmp:
             base = Path(tmp)
