@@ -118,3 +118,13 @@ def test_a_second_init_and_an_unknown_shard_are_refused(tmp_path: Path) -> None:
     gone = runner.invoke(cli, ["shard", "remove", "nope", "--dir", str(directory)])
     assert gone.exit_code != 0
     assert "not a shard" in gone.output
+
+
+def test_the_demo_grows_a_keyspace_under_writes_and_checks_every_row(tmp_path: Path) -> None:
+    _register()
+    runner = CliRunner()
+    out = invoke(runner, "demo", "--rows", "1000", "--dir", str(tmp_path / "demo"))
+    assert "0 lost, 0 duplicated, 0 misplaced, 0 stale" in out
+    assert "s2" in out
+    shard_map = json.loads(invoke(runner, "map", "--dir", str(tmp_path / "demo")))
+    assert shard_map["version"] == 2
