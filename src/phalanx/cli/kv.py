@@ -75,8 +75,9 @@ def _resolve(given: str | None) -> list[str]:
         raise click.ClickException(str(exc)) from None
 
 
-def _call(given: str | None, call: Callable[[Any], Awaitable[T]]) -> T:
-    """Run ``call(client)`` against the cluster; errors become a message and an exit status."""
+def _call(given: str | None, call: Callable[[Any], Awaitable[T]], *, write: bool = True) -> T:
+    """Run ``call(client)`` against the cluster; errors become a message and an exit status
+    (for a ``write``, an unknown outcome is said and has its own status)."""
     from phalanx.client import AsyncClient
 
     endpoints = _resolve(given)
@@ -88,12 +89,12 @@ def _call(given: str | None, call: Callable[[Any], Awaitable[T]]) -> T:
     try:
         return asyncio.run(main())
     except PhalanxError as exc:
-        _exit_for(exc)
+        _exit_for(exc, write=write)
         raise  # unreachable: _exit_for exits
 
 
-def _exit_for(exc: PhalanxError) -> None:
-    unknown = outcome_of(exc) == Outcome.INDETERMINATE
+def _exit_for(exc: PhalanxError, *, write: bool) -> None:
+    unknown = write and outcome_of(exc) == Outcome.INDETERMINATE
     note = " (the outcome is unknown: the request may or may not have been applied)"
     click.echo(f"Error: {type(exc).__name__}: {exc}{note if unknown else ''}", err=True)
     sys.exit(EXIT_INDETERMINATE if unknown else 1)
@@ -171,7 +172,7 @@ def get(
             linearizable=not serializable,
         )
 
-    result = _call(endpoints, call)
+    result = _call(endpoints, call, write=False)
     if as_json:
         document = {
             "revision": result.revision,
@@ -325,7 +326,7 @@ def watch(
         return seen
 
     try:
-        _call(endpoints, call)
+        _call(endpoints, call, write=False)
     except KeyboardInterrupt:
         sys.exit(130)
 

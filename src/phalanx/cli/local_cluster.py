@@ -248,6 +248,7 @@ def create(
                 f"member: peer, client{', http' if with_http else ''}), got {len(ports)}"
             )
         ports = list(ports)
+        check_free(ports)
     else:
         ports = allocate_ports(needed, base_port)
     members = []
@@ -307,13 +308,18 @@ def allocate_ports(count: int, base_port: int | None) -> list[int]:
     if not 1024 <= base_port <= 65535 - count:
         raise ClusterError(f"--base-port: between 1024 and {65535 - count}, got {base_port}")
     ports = list(range(base_port, base_port + count))
+    check_free(ports)
+    return ports
+
+
+def check_free(ports: Sequence[int]) -> None:
+    """``ClusterError`` naming the first of ``ports`` that cannot be bound on 127.0.0.1."""
     for port in ports:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind((HOST, port))
             except OSError as exc:
                 raise ClusterError(f"port {port} is not free: {exc.strerror}") from None
-    return ports
 
 
 # -- processes --------------------------------------------------------------------------------
