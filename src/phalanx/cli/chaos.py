@@ -12,6 +12,7 @@ unknown (a check ran out of time or a limit, or the file could not be read).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Literal, cast
 
@@ -104,6 +105,7 @@ def check(
     verdicts: list[Verdict] = []
     linear = model in {"register", "kv", "lock"}
     for path in files:
+        started_s = time.perf_counter()
         try:
             ops = load_history(path, cast("Format | Literal['auto']", fmt))
             result = check_history(
@@ -115,7 +117,8 @@ def check(
             continue
         verdicts.append(result.verdict)
         words = _LINEARIZABLE_WORDS if linear and len(result.results) == 1 else _WORDS
-        click.echo(f"{path}: {words[result.verdict]} ({len(ops)} operations)")
+        elapsed_s = time.perf_counter() - started_s
+        click.echo(f"{path}: {words[result.verdict]} ({len(ops)} operations, {elapsed_s:.2f} s)")
         for checker in result.results:
             click.echo(f"  {checker.checker}: {checker.summary}")
         if html_dir is not None and result.verdict is Verdict.INVALID:
