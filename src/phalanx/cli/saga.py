@@ -6,6 +6,7 @@
     phalanx saga show ORDER-42 --db sagas.db        # the record and its timeline
     phalanx saga retry ORDER-42 --db sagas.db       # a dead letter goes back to work
     phalanx saga compensate ORDER-42 --db sagas.db  # undo whatever it did
+    phalanx saga trace ORDER-42 --db orders.db --db payments.db ...   # a choreographed flow
 
 ``--db`` is the SQLite saga log (``PHALANX_SAGA_DB`` when not given). ``retry`` and
 ``compensate`` bump the saga's fencing token, so a worker still holding it stops at its next
@@ -62,7 +63,7 @@ def _load(store: SqliteSagaStore, saga_id: str) -> SagaRecord:
 
 @click.group()
 def saga() -> None:
-    """Orchestrated sagas: list, show, retry, compensate."""
+    """Sagas: list, show, retry, compensate; trace a choreographed flow."""
 
 
 @saga.command("list")
@@ -149,3 +150,30 @@ def compensate(saga_id: str, db_path: str) -> None:
         except Conflict as exc:
             raise click.ClickException(str(exc)) from exc
     click.echo(f"saga {saga_id}: compensating from step {record.step} (fence {record.fence})")
+
+
+@saga.command()
+@click.argument("correlation_id")
+@click.option(
+    "--db",
+    "databases",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="A service's SQLite database holding an outbox and/or an inbox; repeat for each.",
+)
+def trace(correlation_id: str, databases: tuple[str, ...]) -> None:
+    """The timeline of a choreographed flow across services, from their outboxes and inboxes."""
+    from phalanx.txn.events import trace as build_trace
+
+    lines = build_trace(correlation_id, databases)
+    if not lines:
+        raise click.ClickException(f"no events with correlation id {correlation_id!r}")
+    start_s = lines[0].at_s
+    for line in lines:
+        indent = "  " * line.depth
+        cause = f" <- {line.causation_id}" if line.causation_id else ""
+        click.echo(
+            f"+{line.at_s - start_s:9.3f}s {indent}{line.what:7} {line.service:12} "
+            f"{line.event_type} [{line.event_id}]{cause}"
+        )
