@@ -70,9 +70,13 @@ def test_other_checkers_from_the_command_line(tmp_path: Path) -> None:
     h.add(1, "read", 2, 3, output=[])
     path = tmp_path / "set.jsonl"
     write_jsonl(path, h.ops)
-    result = run("--model", "set", str(path))
+    result = run("--model", "set", "--html", str(tmp_path / "html"), str(path))
     assert result.exit_code == 1
     assert "set: invalid: lost 1" in result.output
+    page = (tmp_path / "html" / "set.jsonl.html").read_text()
+    assert "Operations that witness the violation" in page
+    assert "add 1 -&gt; ?" not in page
+    assert "add 1" in page
     bank = Ops()
     bank.add(1, "read", 2, 3, output={"a": 5, "b": 5})
     bank_path = tmp_path / "bank.jsonl"

@@ -7,9 +7,10 @@ import pytest
 
 from chaos.helpers import INFO, Ops
 from phalanx.chaos import report_html
+from phalanx.chaos.bank import check_bank
 from phalanx.chaos.linearizability import search
 from phalanx.chaos.models import RegisterModel
-from phalanx.chaos.report_html import render_timeline
+from phalanx.chaos.report_html import render_timeline, render_violations
 
 
 def _violation() -> tuple[Ops, str]:
@@ -60,3 +61,15 @@ def test_timeline_draws_at_most_its_limit(monkeypatch: pytest.MonkeyPatch) -> No
     page = render_timeline(h.ops, result, RegisterModel())
     assert "Showing 10 of 41 operations" in page
     assert "read -&gt; -1" in page
+
+
+def test_violations_page_marks_the_witnesses() -> None:
+    h = Ops()
+    h.add(0, "read", 0, 1, output={"a": 5, "b": 5})
+    h.add(1, "read", 2, 3, output={"a": 5, "b": 6})
+    result = check_bank(h.ops)
+    page = render_violations(h.ops, result, title="bank <run>")
+    assert "bank &lt;run&gt;" in page
+    assert page.count(f'fill="{report_html._VIOLATION_COLOURS["witness"]}"') == 1
+    assert "wrong_total_reads: 1" in page
+    assert not re.search(r"<script|<link|src=", page)

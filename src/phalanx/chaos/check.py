@@ -34,7 +34,7 @@ from phalanx.chaos.partition import (
     LinearizabilityReport,
     check_linearizable,
 )
-from phalanx.chaos.report_html import render_timeline
+from phalanx.chaos.report_html import render_timeline, render_violations
 from phalanx.chaos.setcheck import check_set
 from phalanx.chaos.verdict import CheckResult, Verdict, combine
 
@@ -87,17 +87,25 @@ def check_history(
 
 
 def write_timeline(ops: Sequence[Operation], check: HistoryCheck, path: Path) -> bool:
-    """Write the HTML timeline of the smallest failing partition; False when none failed."""
+    """Write the HTML timeline of a violation; False when nothing was violated.
+
+    A linearizability violation is drawn for its smallest failing partition; otherwise the
+    first invalid checker's witnesses are drawn over the whole history.
+    """
     report = check.linearizability
     failure = report.smallest_failure() if report is not None else None
-    if failure is None:
-        return False
-    partition = [op for op in ops if op.key == failure.key]
-    page = render_timeline(
-        partition,
-        failure,
-        model_named(check.model),
-        title=f"{path.stem}: not linearizable",
-    )
+    if failure is not None:
+        partition = [op for op in ops if op.key == failure.key]
+        page = render_timeline(
+            partition,
+            failure,
+            model_named(check.model),
+            title=f"{path.stem}: not linearizable",
+        )
+    else:
+        invalid = [r for r in check.results if r.verdict is Verdict.INVALID]
+        if not invalid:
+            return False
+        page = render_violations(ops, invalid[0], title=f"{path.stem}: {invalid[0].checker}")
     path.write_text(page, encoding="utf-8")
     return True
