@@ -3,8 +3,9 @@
 ``phalanx chaos check --model register|kv|lock|bank|set|monotonic FILE...`` reads each FILE
 (Phalanx JSON lines, a Jepsen/Knossos log, or EDN operation maps; ``--format`` overrides the
 guess), runs the checkers of the model and prints one verdict per file with the checkers'
-summaries. With ``--html DIR``, every history that is not linearizable gets a timeline
-``DIR/<file name>.html`` of its smallest failing partition.
+summaries. With ``--html DIR``, every invalid history gets a timeline ``DIR/<file name>.html``:
+of its smallest failing partition for a linearizability violation, else of the operations
+that witness the first failing checker.
 
 Exit status: 0 when every file is valid, 1 when any is invalid, otherwise 2 when any is
 unknown (a check ran out of time or a limit, or the file could not be read).
@@ -62,7 +63,7 @@ def chaos() -> None:
     "html_dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Write an HTML timeline of each violation into this directory.",
+    help="Write an HTML timeline of each invalid history into this directory.",
 )
 @click.option(
     "--timeout-s",
@@ -130,3 +131,228 @@ def check(
         raise SystemExit(EXIT_INVALID)
     if Verdict.UNKNOWN in verdicts:
         raise SystemExit(EXIT_UNKNOWN)
+
+
+# -- phalanx chaos run / campaign ------------------------------------------------------------
+
+_RUN_WORKLOADS = ("register", "kv", "set", "bank")
+_NEMESES = ("partition", "kill", "pause", "restart", "toxic", "membership")
+#: The nemesis sets a campaign cycles through.
+_CAMPAIGN_NEMESES = (
+    "partition",
+    "kill",
+    "pause",
+    "partition,kill",
+    "partition,pause,kill",
+    "restart",
+    "toxic",
+)
+#: Most runs one campaign may ask for.
+CAMPAIGN_RUNS_MAX = 1000
+
+
+def _nemesis_list(_ctx: click.Context, _param: click.Parameter, value: str) -> list[str]:
+    kinds = [k.strip() for k in value.split(",") if k.strip() and k.strip() != "none"]
+    unknown = [k for k in kinds if k not in _NEMESES]
+    if unknown:
+        raise click.BadParameter(f"unknown fault {unknown[0]!r}; choose from {', '.join(_NEMESES)}")
+    return kinds
+
+
+def _exit_code(verdict: Verdict) -> int:
+    return {Verdict.VALID: EXIT_VALID, Verdict.INVALID: EXIT_INVALID}.get(verdict, EXIT_UNKNOWN)
+
+
+def _run_common(function: Callable[..., None]) -> Callable[..., None]:
+    options = [
+        click.option("--nodes", type=click.IntRange(1, 9), default=3, show_default=True),
+        click.option(
+            "--time-limit",
+            "time_limit_s",
+            type=click.FloatRange(min=1.0, max=3600.0),
+            default=30.0,
+            show_default=True,
+            help="Seconds of workload under faults (then heal, recovery, final reads).",
+        ),
+        click.option(
+            "--concurrency", type=click.IntRange(1, 64), default=5, show_default=True
+        ),
+        click.option(
+            "--rate",
+            "rate_hz",
+            type=click.FloatRange(min=0.1, max=10_000.0),
+            default=100.0,
+            show_default=True,
+            help="Operations per second, all clients together (at most).",
+        ),
+        click.option(
+            "--recovery",
+            "recovery_s",
+            type=click.FloatRange(min=0.0, max=600.0),
+            default=3.0,
+            show_default=True,
+            help="Seconds of calm after the final heal, before the final reads.",
+        ),
+        click.option("--tick-ms", type=click.IntRange(1, 1000), default=20, show_default=True),
+        click.option(
+            "--fsync/--no-fsync",
+            default=True,
+            show_default=True,
+            help="Whether the nodes fdatasync their logs.",
+        ),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+@chaos.command("run")
+@click.option("--workload", type=click.Choice(_RUN_WORKLOADS), default="register", show_default=True)
+@click.option(
+    "--nemesis",
+    default="partition,kill",
+    show_default=True,
+    callback=_nemesis_list,
+    help=f"Comma-separated faults: {', '.join(_NEMESES)} (or none).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds faults and clients.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Directory of the report (default: chaos-out/<workload>-<seed>).",
+)
+@_run_common
+def run(
+    workload: str,
+    nemesis: list[str],
+    seed: int,
+    out: Path | None,
+    **settings: Any,
+) -> None:
+    """Run a workload against a local cluster under faults; check it; write a report.
+
+    Starts NODES `phalanx node` processes on loopback in OUT/cluster, runs the workload and
+    the nemesis for TIME_LIMIT seconds, heals, waits for recovery, checks the history and
+    writes OUT/history.jsonl, OUT/nemesis.jsonl, OUT/results.json and OUT/index.html. Exit
+    status: 0 valid, 1 invalid, 2 unknown.
+    """
+    from phalanx.chaos.runner import RunOptions, run_chaos
+
+    target = out if out is not None else Path("chaos-out") / f"{workload}-{seed}"
+    options = RunOptions(workload=workload, nemesis=nemesis, seed=seed, **settings)
+    click.echo(f"chaos run: {options.command(target)}")
+    result = run_chaos(options, target)
+    counts = result.counts
+    click.echo(
+        f"{_WORDS[result.verdict]}: {counts['operations']} operations "
+        f"(ok {counts['ok']}, fail {counts['fail']}, info {counts['info']}), "
+        f"{result.nemesis_applied} faults applied, run {result.duration_s:.1f} s, "
+        f"check {result.check_s:.2f} s"
+    )
+    for checker in result.checker.results:
+        click.echo(f"  {checker.checker}: {checker.summary}")
+    if result.error:
+        click.echo(f"  note: {result.error}")
+    click.echo(f"  report: {target / 'index.html'}")
+    raise SystemExit(_exit_code(result.verdict))
+
+
+@chaos.command("campaign")
+@click.option("--runs", type=click.IntRange(1, CAMPAIGN_RUNS_MAX), default=5, show_default=True)
+@click.option(
+    "--workloads",
+    default=",".join(_RUN_WORKLOADS),
+    show_default=True,
+    help="Comma-separated workloads, used in turn.",
+)
+@click.option(
+    "--nemeses",
+    default=";".join(_CAMPAIGN_NEMESES),
+    show_default=True,
+    help="Semicolon-separated nemesis sets (each comma-separated), used in turn.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the first run.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("chaos-campaign"),
+    show_default=True,
+    help="Each run's report goes to OUT/run-<n>; the summary to OUT/summary.json.",
+)
+@_run_common
+def campaign(
+    runs: int,
+    workloads: str,
+    nemeses: str,
+    seed: int,
+    out: Path,
+    **settings: Any,
+) -> None:
+    """Repeat `chaos run` with successive seeds, workloads and nemeses; print a summary.
+
+    Exit status: 1 when any run is invalid, else 2 when any is unknown, else 0.
+    """
+    import msgspec
+    from rich.console import Console
+    from rich.table import Table
+
+    from phalanx.chaos.cluster import ClusterStartError
+    from phalanx.chaos.runner import RunOptions, run_chaos
+
+    chosen = [w.strip() for w in workloads.split(",") if w.strip()]
+    bad = [w for w in chosen if w not in _RUN_WORKLOADS]
+    if bad or not chosen:
+        raise click.BadParameter(f"choose from {', '.join(_RUN_WORKLOADS)}", param_hint="--workloads")
+    sets = [_nemesis_list(click.get_current_context(), click.Option(["--x"]), n) for n in nemeses.split(";")]
+    table = Table(title=f"chaos campaign: {runs} runs")
+    for column in ("run", "seed", "workload", "nemesis", "verdict", "ops", "ok", "info", "faults", "s"):
+        table.add_column(column)
+    verdicts: list[Verdict] = []
+    rows: list[dict[str, Any]] = []
+    for n in range(runs):
+        options = RunOptions(
+            workload=chosen[n % len(chosen)],
+            nemesis=sets[n % len(sets)],
+            seed=seed + n,
+            **settings,
+        )
+        target = out / f"run-{n}"
+        try:
+            result = run_chaos(options, target)
+        except ClusterStartError as exc:
+            click.echo(f"run {n}: the cluster did not start: {exc}")
+            verdicts.append(Verdict.UNKNOWN)
+            rows.append({"run": n, "seed": options.seed, "verdict": "unknown", "error": str(exc)})
+            continue
+        verdicts.append(result.verdict)
+        c = result.counts
+        click.echo(f"run {n}: {_WORDS[result.verdict]} ({options.command(target)})")
+        table.add_row(
+            str(n),
+            str(options.seed),
+            options.workload,
+            ",".join(options.nemesis) or "none",
+            _WORDS[result.verdict],
+            str(c["operations"]),
+            str(c["ok"]),
+            str(c["info"]),
+            str(result.nemesis_applied),
+            f"{result.duration_s:.0f}",
+        )
+        rows.append(
+            {
+                "run": n,
+                "seed": options.seed,
+                "workload": options.workload,
+                "nemesis": options.nemesis,
+                "verdict": result.verdict.value,
+                "counts": c,
+                "faults_applied": result.nemesis_applied,
+                "report": str(target / "index.html"),
+            }
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_bytes(msgspec.json.format(msgspec.json.encode(rows)))
+    Console().print(table)
+    raise SystemExit(_exit_code(combine(verdicts)))
