@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import functools
 import sqlite3
+import sys
 from collections import Counter
 from collections.abc import (
     AsyncGenerator,
@@ -78,18 +79,16 @@ BATCH_ROWS_DEFAULT: Final = 1_000
 T = TypeVar("T")
 
 
-def _backend_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [OSError, sqlite3.OperationalError]
-    try:
-        import psycopg
-    except ImportError:  # pragma: no cover - without the postgres extra
-        pass
-    else:
-        errors.append(psycopg.OperationalError)
-    return tuple(errors)
+def _unreachable() -> tuple[type[BaseException], ...]:
+    """Errors meaning "the shard could not be reached". psycopg's are included only once
+    psycopg is loaded (by a PostgreSQL backend): without it no call can raise them, and
+    importing it here would cost every router start-up."""
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is None:
+        return (OSError, sqlite3.OperationalError)
+    return (OSError, sqlite3.OperationalError, psycopg.OperationalError)
 
 
-_UNREACHABLE = _backend_errors()
 #: What the "partial" policy tolerates from one shard of a scatter-gather read.
 _SHARD_FAULTS = (ShardUnavailable, StaleShardMap, SchemaVersionUnsupported)
 
@@ -262,7 +261,7 @@ class Router:
             if read:
                 raise ShardUnavailable(f"shard {shard!r}: {exc}", shard=shard) from exc
             raise
-        except _UNREACHABLE as exc:
+        except _unreachable() as exc:
             self._failures[shard] += 1
             raise ShardUnavailable(f"shard {shard!r}: {exc}", shard=shard) from exc
 
@@ -440,7 +439,7 @@ class Router:
                     return
                 yield batch
         finally:
-            with contextlib.suppress(PhalanxError, *_UNREACHABLE):
+            with contextlib.suppress(PhalanxError, *_unreachable()):
                 await source.aclose()
 
     # -- statistics -------------------------------------------------------------------------

@@ -29,6 +29,7 @@ rebalance reassigns them.
 from __future__ import annotations
 
 import sqlite3
+import sys
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any, Final
@@ -48,14 +49,10 @@ REFRESH_BATCHES_MAX: Final = 1_000
 
 
 def _store_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [OSError, sqlite3.Error]
-    try:
-        import psycopg
-    except ImportError:  # pragma: no cover - without the postgres extra
-        pass
-    else:
-        errors.append(psycopg.Error)
-    return tuple(errors)
+    psycopg = sys.modules.get("psycopg")  # loaded by a PostgreSQL store, if there is one
+    if psycopg is None:
+        return (OSError, sqlite3.Error)
+    return (OSError, sqlite3.Error, psycopg.Error)
 
 
 class DirectoryCache:
