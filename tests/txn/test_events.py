@@ -231,3 +231,41 @@ def test_redis_streams_bus_redelivers_unacknowledged_entries(redis_server: Any) 
     assert decoded == events
     client.delete(bus.stream("order"))
     client.close()
+
+
+def test_postgres_outbox_relay_and_inbox(tpc: Any, tpc_pair: tuple[Any, Any]) -> None:
+    import psycopg
+
+    from phalanx.txn.events.outbox_postgres import PostgresInbox, PostgresOutbox
+
+    dsn = tpc.create_database(tpc_pair[0], "outbox")
+    with (
+        psycopg.connect(dsn, autocommit=True) as relay_conn,
+        psycopg.connect(dsn, autocommit=True) as app,
+        psycopg.connect(dsn, autocommit=True) as consumer_conn,
+    ):
+        outbox = PostgresOutbox(relay_conn)
+        app.execute("CREATE TABLE orders (id text PRIMARY KEY)")
+        for i, commit in ((1, False), (2, True), (3, True)):
+            try:
+                with app.transaction():
+                    app.execute("INSERT INTO orders VALUES (%s)", (f"o{i}",))
+                    PostgresOutbox.append(app, Event(f"p{i}", "order", f"o{i}", "OrderCreated"))
+                    if not commit:
+                        raise RuntimeError("the state change fails: the event goes too")
+            except RuntimeError:
+                pass
+        with pytest.raises(ValueError, match="open the transaction"):
+            PostgresOutbox.append(app, Event("x", "order", "o", "T"))
+        inbox = PostgresInbox(consumer_conn, "billing")
+        handled: list[str] = []
+
+        class Deliver:
+            def publish(self, event: Event) -> None:
+                inbox.handle(event, lambda conn, e: handled.append(e.id), now_s=1.0)
+
+        relay = Relay(outbox, Deliver(), now_s=Clock())
+        assert relay.run_once().published == 2
+        relay_conn.execute("UPDATE outbox SET published_at_s = NULL")  # as after a crash
+        assert relay.run_once().published == 2
+        assert handled == ["p2", "p3"]  # delivered twice, handled once

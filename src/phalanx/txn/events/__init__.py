@@ -2,6 +2,7 @@
 
 * :mod:`.envelope`: :class:`Event` (Debezium outbox columns plus correlation and causation);
 * :mod:`.outbox`: :class:`SqliteOutbox`, :class:`Relay`, :class:`SqliteInbox`;
+  :mod:`.outbox_postgres`: ``PostgresOutbox``, ``PostgresInbox`` (import psycopg);
 * :mod:`.bus`: :class:`EmbeddedBus` (in-process), :class:`RedisStreamsBus`;
 * :mod:`.trace`: :func:`trace`, behind ``phalanx saga trace``.
 

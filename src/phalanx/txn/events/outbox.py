@@ -33,6 +33,7 @@ __all__ = [
     "INBOX_SCHEMA",
     "OUTBOX_SCHEMA",
     "RELAY_BATCH_MAX",
+    "OutboxReader",
     "Publisher",
     "Relay",
     "RelayReport",
@@ -178,6 +179,14 @@ class SqliteInbox:
         return fresh
 
 
+class OutboxReader(Protocol):
+    """What a relay reads: :class:`SqliteOutbox` and ``PostgresOutbox`` both are."""
+
+    def unpublished(self, limit: int) -> list[tuple[int, Event]]: ...
+
+    def mark_published(self, seq: int, now_s: float) -> None: ...
+
+
 @runtime_checkable
 class Publisher(Protocol):
     """Where a relay sends events: a bus or a broker."""
@@ -198,7 +207,7 @@ class Relay:
 
     def __init__(
         self,
-        outbox: SqliteOutbox,
+        outbox: OutboxReader,
         publisher: Publisher,
         *,
         batch_max: int = 100,
