@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -135,6 +136,13 @@ def test_a_local_cluster_from_up_to_down(folder: Folder) -> None:  # noqa: PLR09
     assert all(m["alive"] for m in status["members"])
     leader = status["leader"]
     assert leader in {1, 2, 3}
+    # Any cluster by its endpoints: no record, no pids.
+    remote = json.loads(
+        folder.run("cluster", "status", "--json", "--endpoints", record["endpoints"][0]).stdout
+    )
+    assert [m["id"] for m in remote["members"]] == [1]
+    assert remote["members"][0]["pid"] is None
+    assert remote["leader"] == leader
     table = folder.run("cluster", "status").stdout
     assert "leader" in table
     assert str(pids[0]) in table
@@ -267,6 +275,20 @@ def test_membership_add_and_remove_a_local_node(folder: Folder) -> None:
     assert [m["id"] for m in folder.record()["members"]] == [1, 2, 3]
     folder.run("kv", "put", "after", "remove")
     folder.run("cluster", "down", "--purge")
+
+
+def test_up_refuses_a_port_in_use_and_starts_nothing(folder: Folder) -> None:
+    ports = free_ports(9)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", ports[4]))
+        taken.listen()
+        up = folder.run("cluster", "up", "--ports", ",".join(map(str, ports)), check=False)
+    if node_supports("http_listen"):
+        assert up.returncode == 1
+        assert f"port {ports[4]} is not free" in up.stderr
+    else:
+        assert "--ports" in up.stderr  # 9 ports for 3 members of 2: refused too
+    assert not (folder.path / ".phalanx" / "cluster.json").exists()
 
 
 def test_kv_without_a_cluster_says_where_it_looked(

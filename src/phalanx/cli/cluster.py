@@ -207,10 +207,12 @@ def up(
             raise _fail(str(exc)) from None
     _start_and_wait(record, record.members)
     console.print(_status_table(record, _statuses(record)))
-    console.print(
-        f"Endpoints: {','.join(record.endpoints)}\n"
-        "Try: phalanx kv put hello world && phalanx kv get hello"
-    )
+    endpoints = ",".join(record.endpoints)
+    if Path(record.root) == (Path.cwd() / DEFAULT_DATA_DIR).resolve():
+        hint = "From this folder, try: phalanx kv put hello world && phalanx kv get hello"
+    else:
+        hint = f"Elsewhere, first: export PHALANX_ENDPOINTS={endpoints}"
+    console.print(f"Endpoints: {endpoints}\n{hint}")
 
 
 def _start_and_wait(record: LocalCluster, members: Sequence[LocalMember]) -> None:

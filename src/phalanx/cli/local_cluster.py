@@ -28,12 +28,14 @@ import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import msgspec
 
 from phalanx.errors import PhalanxError
-from phalanx.node.client_protocol import NodeStatus
+
+if TYPE_CHECKING:
+    from phalanx.node.client_protocol import NodeStatus
 
 __all__ = [
     "CLUSTER_FILE",
