@@ -14,8 +14,9 @@ unknown (a check ran out of time or a limit, or the file could not be read).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import click
 
@@ -24,7 +25,7 @@ from phalanx.chaos.edn import EdnError
 from phalanx.chaos.history import HistoryError
 from phalanx.chaos.loaders import FORMATS, Format, load_history
 from phalanx.chaos.partition import TIMEOUT_S_DEFAULT, WORKERS_MAX_DEFAULT
-from phalanx.chaos.verdict import Verdict
+from phalanx.chaos.verdict import Verdict, combine
 
 __all__ = ["EXIT_INVALID", "EXIT_UNKNOWN", "EXIT_VALID", "chaos"]
 
@@ -174,9 +175,7 @@ def _run_common(function: Callable[..., None]) -> Callable[..., None]:
             show_default=True,
             help="Seconds of workload under faults (then heal, recovery, final reads).",
         ),
-        click.option(
-            "--concurrency", type=click.IntRange(1, 64), default=5, show_default=True
-        ),
+        click.option("--concurrency", type=click.IntRange(1, 64), default=5, show_default=True),
         click.option(
             "--rate",
             "rate_hz",
@@ -207,7 +206,9 @@ def _run_common(function: Callable[..., None]) -> Callable[..., None]:
 
 
 @chaos.command("run")
-@click.option("--workload", type=click.Choice(_RUN_WORKLOADS), default="register", show_default=True)
+@click.option(
+    "--workload", type=click.Choice(_RUN_WORKLOADS), default="register", show_default=True
+)
 @click.option(
     "--nemesis",
     default="partition,kill",
@@ -303,10 +304,26 @@ def campaign(
     chosen = [w.strip() for w in workloads.split(",") if w.strip()]
     bad = [w for w in chosen if w not in _RUN_WORKLOADS]
     if bad or not chosen:
-        raise click.BadParameter(f"choose from {', '.join(_RUN_WORKLOADS)}", param_hint="--workloads")
-    sets = [_nemesis_list(click.get_current_context(), click.Option(["--x"]), n) for n in nemeses.split(";")]
+        raise click.BadParameter(
+            f"choose from {', '.join(_RUN_WORKLOADS)}", param_hint="--workloads"
+        )
+    sets = [
+        _nemesis_list(click.get_current_context(), click.Option(["--x"]), n)
+        for n in nemeses.split(";")
+    ]
     table = Table(title=f"chaos campaign: {runs} runs")
-    for column in ("run", "seed", "workload", "nemesis", "verdict", "ops", "ok", "info", "faults", "s"):
+    for column in (
+        "run",
+        "seed",
+        "workload",
+        "nemesis",
+        "verdict",
+        "ops",
+        "ok",
+        "info",
+        "faults",
+        "s",
+    ):
         table.add_column(column)
     verdicts: list[Verdict] = []
     rows: list[dict[str, Any]] = []

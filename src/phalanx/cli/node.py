@@ -26,6 +26,17 @@ def _optional_address(
     return None if value is None else _address(ctx, param, value)
 
 
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @click.command()
 @click.option("--id", "node_id", required=True, type=click.IntRange(min=1), help="This node's id.")
 @click.option(
@@ -74,6 +85,12 @@ def _optional_address(
     help="host:port serving /healthz, /startup, /ready and /metrics (default: not served).",
 )
 @click.option(
+    "--admin",
+    is_flag=True,
+    help="Also serve /admin/faults on --http-listen, to cut and degrade this node's links "
+    "(chaos testing). Only on a loopback --http-listen: never expose it beyond this machine.",
+)
+@click.option(
     "--log-format",
     type=click.Choice(_LOG_FORMATS),
     default="text",
@@ -112,6 +129,7 @@ def node(
     fsync: bool,
     join: bool,
     http_listen: Address | None,
+    admin: bool,
     log_format: Literal["text", "json"],
     log_level: str,
     tls_cert: str | None,
@@ -128,6 +146,8 @@ def node(
         raise click.BadParameter(str(exc), param_hint="--cluster") from None
     if node_id not in members:
         raise click.BadParameter(f"node {node_id} is not listed", param_hint="--cluster")
+    if admin and (http_listen is None or not _is_loopback(http_listen[0])):
+        raise click.UsageError("--admin needs --http-listen on a loopback address")
     tls = None
     if tls_cert or tls_key or tls_ca:
         if not (tls_cert and tls_key and tls_ca):
@@ -153,4 +173,5 @@ def node(
         log_format=log_format,
         log_level=log_level,
         tls=tls,
+        admin=admin,
     )

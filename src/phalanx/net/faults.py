@@ -1,23 +1,78 @@
-"""Injected network faults between nodes: which peers a node cannot hear or reach.
+"""Injected network faults between nodes: cut links, and toxics on the links that stay up.
 
-A :class:`LinkFaults` belongs to one node. Its driver asks :meth:`LinkFaults.blocks` before
-sending a message and when one arrives, and drops the message when the link is cut: the
-same effect as a firewall rule on both directions, with no root needed. Chaos tests and the
-partition tests of the node cut and heal links through it while the processes keep running.
+A :class:`LinkFaults` belongs to one node. Its driver asks :meth:`LinkFaults.blocks_in` when
+a message arrives and hands every outgoing message to :meth:`LinkFaults.send`, which drops
+it when the link is cut: the same effect as a firewall rule on both directions, with no root
+needed. Chaos tests and the partition tests of the node cut and heal links through it while
+the processes keep running (``phalanx node --admin`` exposes it over HTTP, see
+:mod:`phalanx.node.http`).
+
+**Toxics** (the word is Toxiproxy's) degrade a link that is not cut, outgoing direction only
+(set them on both ends for both directions): ``loss`` drops each message with that
+probability, ``latency_ms`` and ``jitter_ms`` delay each one by ``latency_ms`` plus a uniform
+draw in ``[-jitter_ms, +jitter_ms]`` (never below zero). Draws come from the instance's own
+seeded RNG (:meth:`LinkFaults.reseed`). Delayed messages may overtake each other, which Raft
+tolerates; at most :data:`DELAYED_MESSAGES_MAX` are held at once, further ones are dropped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+import random
+from collections.abc import Callable, Iterable, Mapping
+from typing import Final, TypeVar
 
-__all__ = ["LinkFaults"]
+import msgspec
+
+__all__ = [
+    "DELAYED_MESSAGES_MAX",
+    "LATENCY_MS_MAX",
+    "FaultsState",
+    "LinkFaults",
+    "Toxic",
+]
+
+M = TypeVar("M")
+
+#: Messages held back by latency toxics at once; more are dropped (and counted).
+DELAYED_MESSAGES_MAX: Final = 10_000
+#: The largest latency or jitter a toxic may add.
+LATENCY_MS_MAX: Final = 60_000.0
+
+
+class Toxic(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How one outgoing link is degraded (all zero: not at all)."""
+
+    loss: float = 0.0
+    latency_ms: float = 0.0
+    jitter_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.loss <= 1.0:
+            raise ValueError(f"loss: a probability in [0, 1], got {self.loss}")
+        for name, value in (("latency_ms", self.latency_ms), ("jitter_ms", self.jitter_ms)):
+            if not 0.0 <= value <= LATENCY_MS_MAX:
+                raise ValueError(f"{name}: in [0, {LATENCY_MS_MAX:g}], got {value}")
+
+
+class FaultsState(msgspec.Struct, kw_only=True):
+    """What :meth:`LinkFaults.state` reports (the admin endpoint's answer)."""
+
+    cut: list[int]
+    toxics: dict[int, Toxic]
+    dropped_out: int
+    dropped_in: int
+    delayed: int
 
 
 class LinkFaults:
-    """The cut links of one node (both directions)."""
+    """The cut links and toxics of one node."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, seed: int = 0) -> None:
         self._cut: set[int] = set()
+        self._toxics: dict[int, Toxic] = {}
+        self._rng = random.Random(seed)
+        self._delayed = 0
         self.dropped_out = 0
         self.dropped_in = 0
 
@@ -25,16 +80,36 @@ class LinkFaults:
         """Cut the links to ``peers`` (added to any already cut)."""
         self._cut.update(peers)
 
+    def set_toxics(self, toxics: Mapping[int, Toxic]) -> None:
+        """Degrade the outgoing links to these peers (replacing their previous toxics)."""
+        self._toxics.update(toxics)
+
     def heal(self) -> None:
-        """Restore every link."""
+        """Restore every link and remove every toxic."""
         self._cut.clear()
+        self._toxics.clear()
+
+    def reseed(self, seed: int) -> None:
+        """Restart the RNG that draws losses and jitter."""
+        self._rng = random.Random(seed)
 
     @property
     def cut(self) -> frozenset[int]:
         return frozenset(self._cut)
 
+    def state(self) -> FaultsState:
+        return FaultsState(
+            cut=sorted(self._cut),
+            toxics=dict(sorted(self._toxics.items())),
+            dropped_out=self.dropped_out,
+            dropped_in=self.dropped_in,
+            delayed=self._delayed,
+        )
+
     def blocks_out(self, peer: int) -> bool:
-        if peer in self._cut:
+        """True (and counted) when a message to ``peer`` is to be dropped: cut, or lost."""
+        toxic = self._toxics.get(peer)
+        if peer in self._cut or (toxic is not None and self._rng.random() < toxic.loss):
             self.dropped_out += 1
             return True
         return False
@@ -44,3 +119,26 @@ class LinkFaults:
             self.dropped_in += 1
             return True
         return False
+
+    def send(self, peer: int, send: Callable[[M], object], message: M) -> None:
+        """Pass ``message`` for ``peer`` to ``send`` now, later (latency) or never (cut,
+        loss). Delays run on the running event loop's timers."""
+        if self.blocks_out(peer):
+            return
+        toxic = self._toxics.get(peer)
+        delay_ms = 0.0
+        if toxic is not None and (toxic.latency_ms or toxic.jitter_ms):
+            jitter_ms = self._rng.uniform(-toxic.jitter_ms, toxic.jitter_ms)
+            delay_ms = max(0.0, toxic.latency_ms + jitter_ms)
+        if delay_ms <= 0.0:
+            send(message)
+            return
+        if self._delayed >= DELAYED_MESSAGES_MAX:
+            self.dropped_out += 1
+            return
+        self._delayed += 1
+        asyncio.get_running_loop().call_later(delay_ms / 1000, self._deliver, send, message)
+
+    def _deliver(self, send: Callable[[M], object], message: M) -> None:
+        self._delayed -= 1
+        send(message)

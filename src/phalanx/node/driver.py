@@ -453,8 +453,7 @@ class RaftNode:
             self.observer.on_persist(time.perf_counter() - began, len(ready.entries))
         # 2. Send, now that what the messages promise is durable.
         for message in ready.messages:
-            if not self.faults.blocks_out(message.dst):
-                transport.send(message)
+            self.faults.send(message.dst, transport.send, message)
         # 3. Install the snapshot, apply the committed entries in order.
         self._apply(node, ready)
         # 4. Serve the reads whose index is applied.

@@ -13,6 +13,13 @@ One small ASGI app (:class:`NodeHttpApp`) answers four paths:
   a node that loses its leader, or begins to close, is not ready.
 * ``/metrics``: the node's Prometheus registry (:mod:`phalanx.node.metrics`), in the text
   format or OpenMetrics, as the scraper's ``Accept`` header asks.
+* ``/admin/faults``, only when the app is given the node's
+  :class:`~phalanx.net.faults.LinkFaults` (``phalanx node --admin``): ``GET`` answers the
+  current faults as JSON; ``POST`` with a JSON object changes them, in this order:
+  ``{"heal": true}`` restores every link, ``{"isolate": [2, 3]}`` cuts the links to those
+  peers, ``{"toxics": {"2": {"loss": 0.1, "latency_ms": 50, "jitter_ms": 20}}}`` degrades
+  outgoing links, ``{"seed": 7}`` reseeds the draws; the answer is the state after. Anyone
+  who reaches it can partition the cluster: it exists for chaos testing on loopback only.
 
 The probes come from :mod:`phalanx.health` (registry, caching, timeouts, startup gating and
 the JSON answers); the checks here only need :class:`NodeView` (``status()``, ``started``,
@@ -30,19 +37,25 @@ from collections.abc import Awaitable, Callable, Generator, MutableMapping
 from types import TracebackType
 from typing import Any, Final, Protocol
 
+import msgspec
 import uvicorn
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.exposition import choose_encoder
 
 from phalanx.clock import SYSTEM_CLOCK, Clock
 from phalanx.health import CheckFailed, HealthApp, HealthRegistry, Probe
+from phalanx.net.faults import LinkFaults, Toxic
 
 __all__ = [
+    "ADMIN_BODY_BYTES_MAX",
+    "ADMIN_FAULTS_PATH",
     "HTTP_CONNECTIONS_MAX",
     "HTTP_SHUTDOWN_S_MAX",
     "LOOP_BEAT_INTERVAL_S",
     "LOOP_LAG_S_MAX",
     "METRICS_PATH",
+    "AdminFaults",
+    "FaultsRequest",
     "LoopMonitor",
     "NodeChecks",
     "NodeHttpApp",
@@ -60,6 +73,9 @@ Send = Callable[[Message], Awaitable[None]]
 Address = tuple[str, int]
 
 METRICS_PATH: Final = "/metrics"
+ADMIN_FAULTS_PATH: Final = "/admin/faults"
+#: The largest request body the admin endpoint reads.
+ADMIN_BODY_BYTES_MAX: Final = 64 * 1024
 #: How often the loop monitor wakes up to measure the event loop's lag.
 LOOP_BEAT_INTERVAL_S: Final = 0.5
 #: A loop that runs a timer this much late (or has not run the monitor for this long past its
@@ -234,8 +250,86 @@ def _header(scope: Scope, name: bytes) -> str:
     return ",".join(values)
 
 
+class FaultsRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The body of ``POST /admin/faults``; the parts present are applied in field order."""
+
+    heal: bool = False
+    isolate: list[int] = msgspec.field(default_factory=list)
+    toxics: dict[int, Toxic] = msgspec.field(default_factory=dict)
+    seed: int | None = None
+
+
+_FAULTS_DECODER: Final = msgspec.json.Decoder(FaultsRequest)
+
+
+async def _respond(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]]) -> None:
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"),
+        *extra,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _read_body(receive: Receive, bytes_max: int) -> bytes | None:
+    """The request body, or None when it is longer than ``bytes_max``."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > bytes_max:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+class AdminFaults:
+    """``/admin/faults``: read and change a node's injected network faults."""
+
+    def __init__(self, faults: LinkFaults) -> None:
+        self.faults = faults
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method = scope.get("method", "GET")
+        if method == "GET":
+            await _respond(send, 200, msgspec.json.encode(self.faults.state()), [])
+            return
+        if method != "POST":
+            await _respond(send, 405, b'{"error":"GET or POST"}', [(b"allow", b"GET, POST")])
+            return
+        body = await _read_body(receive, ADMIN_BODY_BYTES_MAX)
+        if body is None:
+            await _respond(send, 413, b'{"error":"body too large"}', [])
+            return
+        try:
+            request = _FAULTS_DECODER.decode(body or b"{}")
+        except (msgspec.DecodeError, ValueError) as exc:
+            await _respond(send, 400, msgspec.json.encode({"error": str(exc)}), [])
+            return
+        self.apply(request)
+        await _respond(send, 200, msgspec.json.encode(self.faults.state()), [])
+
+    def apply(self, request: FaultsRequest) -> None:
+        if request.heal:
+            self.faults.heal()
+        if request.isolate:
+            self.faults.isolate(request.isolate)
+        if request.toxics:
+            self.faults.set_toxics(request.toxics)
+        if request.seed is not None:
+            self.faults.reseed(request.seed)
+
+
 class NodeHttpApp:
-    """``/metrics`` from ``metrics``, every other path from :class:`~phalanx.health.HealthApp`."""
+    """``/metrics`` from ``metrics``, ``/admin/faults`` when given ``faults``, every other
+    path from :class:`~phalanx.health.HealthApp`."""
 
     def __init__(
         self,
@@ -243,17 +337,22 @@ class NodeHttpApp:
         metrics: CollectorRegistry,
         *,
         metrics_path: str = METRICS_PATH,
+        faults: LinkFaults | None = None,
     ) -> None:
         self.health = health
         self.metrics = metrics
         self.metrics_path = metrics_path
         self._probes = HealthApp(health)
+        self._admin = None if faults is None else AdminFaults(faults)
         if metrics_path in self._probes.paths.values():
             raise ValueError(f"metrics_path: {metrics_path!r} is a probe's path")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope.get("path") == self.metrics_path:
+        path = scope.get("path")
+        if scope["type"] == "http" and path == self.metrics_path:
             await self._metrics(scope, send)
+        elif scope["type"] == "http" and path == ADMIN_FAULTS_PATH and self._admin is not None:
+            await self._admin(scope, receive, send)
         else:
             await self._probes(scope, receive, send)
 
@@ -413,11 +512,17 @@ class NodeHttpServer:
         return f"NodeHttpServer(address={host}:{port})"
 
 
-def node_http_server(node: NodeView, metrics: CollectorRegistry, listen: Address) -> NodeHttpServer:
+def node_http_server(
+    node: NodeView,
+    metrics: CollectorRegistry,
+    listen: Address,
+    *,
+    faults: LinkFaults | None = None,
+) -> NodeHttpServer:
     """The whole endpoint of one node on ``listen``: checks, loop monitor, app and server.
 
     The loop monitor's last lag is also exported as ``phalanx_node_event_loop_lag_seconds``
-    in ``metrics``.
+    in ``metrics``. With ``faults``, ``/admin/faults`` changes them (chaos testing only).
     """
     monitor = LoopMonitor()
     lag = Gauge(
@@ -426,5 +531,5 @@ def node_http_server(node: NodeView, metrics: CollectorRegistry, listen: Address
         registry=metrics,
     )
     lag.set_function(lambda: monitor.lag_s or 0.0)
-    app = NodeHttpApp(node_health(node, monitor), metrics)
+    app = NodeHttpApp(node_health(node, monitor), metrics, faults=faults)
     return NodeHttpServer(app, listen[0], listen[1], monitor=monitor)

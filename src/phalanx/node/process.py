@@ -3,7 +3,8 @@
 The process also configures structured logs (:mod:`phalanx.node.logs`), reports the node's
 work to a :class:`~phalanx.node.metrics.PrometheusNodeObserver` and, with ``http_listen``,
 serves ``/healthz``, ``/startup``, ``/ready`` and ``/metrics`` (:mod:`phalanx.node.http`)
-from before the node opens until after it has closed.
+from before the node opens until after it has closed; with ``admin`` too, also
+``/admin/faults``, through which chaos tooling cuts and degrades the node's links.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ async def serve(
     join: bool = False,
     http_listen: Address | None = None,
     tls: TlsFiles | None = None,
+    admin: bool = False,
 ) -> None:
     """Start the node, wait for SIGTERM or SIGINT, close it."""
     stop = asyncio.Event()
@@ -71,7 +73,8 @@ async def serve(
         # Serving from before the node opens, so /startup can say it is still replaying.
         http = None
         if http_listen is not None:
-            http = node_http_server(node, observer.registry, http_listen)
+            faults = node.faults if admin else None
+            http = node_http_server(node, observer.registry, http_listen, faults=faults)
             await stack.enter_async_context(http)
             _log.info("node %d serving health and metrics on http://%s:%d", node_id, *http.address)
         await stack.enter_async_context(node)
@@ -125,6 +128,7 @@ def run_node(
     tls: TlsFiles | None = None,
     log_format: LogFormat = "text",
     log_level: str = "info",
+    admin: bool = False,
 ) -> None:
     configure_logging(node_id, log_format=log_format, level=log_level)
     _run_loop(
@@ -140,5 +144,6 @@ def run_node(
             join=join,
             http_listen=http_listen,
             tls=tls,
+            admin=admin,
         )
     )

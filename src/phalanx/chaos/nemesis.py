@@ -1,0 +1,418 @@
+"""The nemesis: real faults on the real processes of a :class:`~phalanx.chaos.cluster.ChaosCluster`.
+
+Two halves, as elsewhere in Phalanx:
+
+**A schedule is pure data** (:func:`plan`). From a seed, the fault kinds asked for, the run's
+length and the member ids it draws a list of :class:`FaultWindow`: when a fault starts, how
+long it lasts, and what it is, with every random choice already made (which node, which
+halves), except *the leader*, which only the running cluster can name. The same seed gives
+the same schedule. Every window ends before the run does; the executor then heals
+everything (the final heal) and the runner gives the cluster a recovery period.
+
+========================  ===========================================================
+fault (``kind``/shape)    what happens while the window is open
+========================  ===========================================================
+``partition``/``one``     one node is cut from every other (both directions)
+``partition``/``leader``  the current leader is cut from every other
+``partition``/``halves``  a random minority and majority cannot reach each other
+``partition``/``ring``    each node reaches only its ring neighbours: every node sees a
+                          majority, no two the same one (needs 5 nodes; 3 fall back to
+                          ``one``)
+``partition``/``bridge``  two halves, one node in the middle reaching both
+``kill``                  SIGKILL a node (``random`` or ``leader``); restarted from its
+                          data directory when the window closes
+``pause``                 SIGSTOP a node (``random`` or ``leader``); SIGCONT at the close
+``restart``               rolling restart: each node in turn is killed and started again,
+                          waiting for a leader in between
+``toxic``                 every link loses ``loss`` of its messages and is delayed by
+                          ``latency_ms`` +/- ``jitter_ms`` (Toxiproxy's vocabulary)
+``membership``            a follower is removed from the cluster through the client and
+                          added back (its data wiped, it rejoins with ``--join``) at the
+                          close
+========================  ===========================================================
+
+**The executor** (:class:`Nemesis`) runs a schedule against a cluster and records every
+fault into a history (:class:`~phalanx.chaos.history.Recorder`) as operations of process
+:data:`NEMESIS_PROCESS`: ``start-<kind>`` when a window opens (``output``: what was done, e.g.
+the grudge of a partition) and ``stop-<kind>`` when it closes, and ``heal`` for the final
+heal. A fault that could not be applied (no leader known, a node not answering) ends
+``fail`` with the reason; the run goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, Literal
+
+import msgspec
+
+from phalanx.chaos.cluster import ChaosCluster
+from phalanx.chaos.history import Recorder
+from phalanx.client import AsyncClient
+from phalanx.errors import PhalanxError
+
+__all__ = [
+    "FAULT_KINDS",
+    "NEMESIS_PROCESS",
+    "PARTITION_SHAPES",
+    "WINDOWS_MAX",
+    "FaultWindow",
+    "Nemesis",
+    "NemesisError",
+    "grudge",
+    "plan",
+]
+
+#: The process number of nemesis operations in a history.
+NEMESIS_PROCESS: Final = -1
+FAULT_KINDS: Final = ("partition", "kill", "pause", "restart", "toxic", "membership")
+PARTITION_SHAPES: Final = ("one", "leader", "halves", "ring", "bridge")
+#: Most fault windows one schedule may hold.
+WINDOWS_MAX: Final = 10_000
+#: How long a window lasts, and the quiet time between two, by default.
+FAULT_S_DEFAULT: Final = (1.0, 3.0)
+QUIET_S_DEFAULT: Final = (1.0, 3.0)
+#: How long the executor waits for a leader (to target it, or between rolling restarts).
+LEADER_WAIT_S_MAX: Final = 10.0
+#: How long a membership change through the client may take.
+MEMBERSHIP_TIMEOUT_S: Final = 5.0
+_PROMOTE_RETRY_S: Final = 0.2
+
+Target = Literal["random", "leader"]
+
+
+class NemesisError(ValueError):
+    """A schedule cannot be made: an unknown fault, or a limit reached."""
+
+
+class FaultWindow(msgspec.Struct, frozen=True, kw_only=True):
+    """One fault: opened at ``start_s`` (seconds from the run's start), closed
+    ``duration_s`` later. ``node`` is the chosen node when ``target`` is ``random``;
+    ``groups`` the sides of a partition drawn in advance; ``toxic`` a toxic's settings."""
+
+    start_s: float
+    duration_s: float
+    kind: str
+    shape: str = ""
+    target: Target = "random"
+    node: int = 0
+    groups: list[list[int]] = msgspec.field(default_factory=list)
+    toxic: dict[str, float] = msgspec.field(default_factory=dict)
+
+    @property
+    def end_s(self) -> float:
+        return self.start_s + self.duration_s
+
+    def describe(self) -> str:
+        if self.kind == "partition":
+            return f"partition {self.shape}"
+        if self.kind in {"kill", "pause"}:
+            return f"{self.kind} {self.target if self.target == 'leader' else self.node}"
+        return self.kind
+
+
+# -- the pure part ------------------------------------------------------------------------
+
+
+def _ring_groups(ids: Sequence[int]) -> list[list[int]]:
+    # Each node with its neighbours within distance m: a majority for 2m+1 >= n//2+1.
+    n = len(ids)
+    m = -(-(n // 2) // 2)
+    return [[ids[(k + d) % n] for d in range(-m, m + 1)] for k in range(n)]
+
+
+def _partition_groups(shape: str, ids: list[int], rng: random.Random) -> list[list[int]]:
+    shuffled = ids[:]
+    rng.shuffle(shuffled)
+    if shape == "ring" and len(ids) < 5:
+        shape = "one"
+    if shape == "one":
+        return [shuffled[:1], shuffled[1:]]
+    if shape == "halves":
+        half = len(ids) // 2
+        return [sorted(shuffled[:half]), sorted(shuffled[half:])]
+    if shape == "bridge":
+        half = (len(ids) - 1) // 2
+        bridge = shuffled[half]
+        return [sorted([*shuffled[:half], bridge]), sorted([bridge, *shuffled[half + 1 :]])]
+    if shape == "ring":
+        return _ring_groups(sorted(ids))
+    return []  # leader: drawn at run time
+
+
+def grudge(groups: Sequence[Sequence[int]], ids: Sequence[int]) -> dict[int, list[int]]:
+    """Which peers each node must cut so that only nodes sharing a group can talk.
+
+    ``groups`` may overlap (ring, bridge): two nodes talk when some group holds both.
+    """
+    cut: dict[int, list[int]] = {}
+    for a in ids:
+        reachable = {b for g in groups if a in g for b in g}
+        cut[a] = sorted(b for b in ids if b != a and b not in reachable)
+    return cut
+
+
+def plan(
+    seed: int,
+    kinds: Sequence[str],
+    *,
+    time_limit_s: float,
+    ids: Sequence[int],
+    fault_s: tuple[float, float] = FAULT_S_DEFAULT,
+    quiet_s: tuple[float, float] = QUIET_S_DEFAULT,
+    shapes: Sequence[str] = PARTITION_SHAPES,
+    toxic: Mapping[str, float] | None = None,
+) -> list[FaultWindow]:
+    """The fault windows of a run of ``time_limit_s``: quiet, fault, quiet, fault ...
+
+    Each window's kind is drawn from ``kinds``; every window closes by ``time_limit_s``.
+    """
+    unknown = [k for k in kinds if k not in FAULT_KINDS]
+    if unknown:
+        raise NemesisError(f"unknown fault {unknown[0]!r}; choose from {', '.join(FAULT_KINDS)}")
+    bad_shapes = [s for s in shapes if s not in PARTITION_SHAPES]
+    if bad_shapes or not shapes:
+        raise NemesisError(f"partition shapes: choose from {', '.join(PARTITION_SHAPES)}")
+    if not kinds:
+        return []
+    rng = random.Random(seed)
+    members = sorted(ids)
+    windows: list[FaultWindow] = []
+    at_s = rng.uniform(*quiet_s)
+    while True:
+        duration_s = rng.uniform(*fault_s)
+        if at_s + duration_s > time_limit_s:
+            break
+        if len(windows) >= WINDOWS_MAX:
+            raise NemesisError(f"more than WINDOWS_MAX={WINDOWS_MAX} fault windows")
+        kind = rng.choice(list(kinds))
+        window = FaultWindow(start_s=round(at_s, 3), duration_s=round(duration_s, 3), kind=kind)
+        if kind == "partition":
+            shape = rng.choice(list(shapes))
+            window = msgspec.structs.replace(
+                window, shape=shape, groups=_partition_groups(shape, members, rng)
+            )
+        elif kind in {"kill", "pause"}:
+            target: Target = "leader" if rng.random() < 0.5 else "random"
+            window = msgspec.structs.replace(window, target=target, node=rng.choice(members))
+        elif kind == "toxic":
+            settings = dict(toxic or {"loss": 0.05, "latency_ms": 20.0, "jitter_ms": 20.0})
+            window = msgspec.structs.replace(window, toxic=settings)
+        elif kind == "membership":
+            window = msgspec.structs.replace(window, node=rng.choice(members))
+        windows.append(window)
+        at_s += duration_s + rng.uniform(*quiet_s)
+    return windows
+
+
+# -- the executor ---------------------------------------------------------------------------
+
+
+class Nemesis:
+    """Runs fault windows against ``cluster``, recording them into ``recorder``."""
+
+    def __init__(self, cluster: ChaosCluster, recorder: Recorder, *, seed: int = 0) -> None:
+        self.cluster = cluster
+        self.recorder = recorder
+        self._rng = random.Random(seed)
+        self._removed: set[int] = set()
+        self.applied = 0
+        self.failed = 0
+
+    async def run(self, windows: Sequence[FaultWindow], *, started_at_s: float) -> None:
+        """Open and close each window on time (``started_at_s`` on ``time.monotonic()``);
+        cancelling leaves faults in place: call :meth:`heal` after."""
+        for window in windows:
+            await _sleep_until(started_at_s + window.start_s)
+            undo = await self._open(window)
+            await _sleep_until(started_at_s + window.end_s)
+            await self._close(window, undo)
+
+    async def _open(self, window: FaultWindow) -> dict[str, Any] | None:
+        handle = self.recorder.invoke(
+            NEMESIS_PROCESS, f"start-{window.kind}", window.describe(), key=None
+        )
+        try:
+            done = await self._apply(window)
+        except (PhalanxError, OSError, TimeoutError, _Skip) as exc:
+            self.failed += 1
+            self.recorder.fail(handle, str(exc) or type(exc).__name__)
+            return None
+        self.applied += 1
+        self.recorder.ok(handle, done)
+        return done
+
+    async def _close(self, window: FaultWindow, undo: dict[str, Any] | None) -> None:
+        handle = self.recorder.invoke(NEMESIS_PROCESS, f"stop-{window.kind}", window.describe())
+        try:
+            done = await self._revert(window, undo)
+        except (PhalanxError, OSError, TimeoutError, _Skip) as exc:
+            self.recorder.fail(handle, str(exc) or type(exc).__name__)
+            return
+        self.recorder.ok(handle, done)
+
+    async def _target(self, window: FaultWindow) -> int:
+        if window.target == "leader":
+            leader = await self.cluster.leader()
+            if leader is None:
+                raise _Skip("no leader known")
+            return leader
+        return window.node
+
+    async def _apply(self, window: FaultWindow) -> dict[str, Any]:
+        cluster = self.cluster
+        if window.kind == "partition":
+            groups = window.groups
+            if window.shape == "leader" or not groups:
+                leader = await cluster.leader()
+                if leader is None:
+                    raise _Skip("no leader known")
+                groups = [[leader], [i for i in cluster.ids if i != leader]]
+            cuts = grudge(groups, cluster.ids)
+            answered = await self._post_all({i: {"isolate": c} for i, c in cuts.items() if c})
+            return {"groups": groups, "cut": {str(i): c for i, c in cuts.items()}, **answered}
+        if window.kind == "kill":
+            node = await self._target(window)
+            cluster.kill(node)
+            return {"node": node}
+        if window.kind == "pause":
+            node = await self._target(window)
+            cluster.pause(node)
+            return {"node": node}
+        if window.kind == "restart":
+            return {"nodes": await self._rolling_restart(window.duration_s)}
+        if window.kind == "toxic":
+            toxics = {str(p): window.toxic for p in cluster.ids}
+            answered = await self._post_all(
+                {i: {"toxics": toxics, "seed": self._rng.randrange(1 << 31)} for i in cluster.ids}
+            )
+            return {"toxic": window.toxic, **answered}
+        if window.kind == "membership":
+            return await self._remove_member()
+        raise _Skip(f"unknown fault {window.kind!r}")
+
+    async def _revert(self, window: FaultWindow, undo: dict[str, Any] | None) -> dict[str, Any]:
+        cluster = self.cluster
+        if window.kind in {"partition", "toxic"}:
+            return await self._post_all({key: {"heal": True} for key in cluster.ids})
+        if undo is None:
+            return {}
+        if window.kind == "kill":
+            cluster.start(int(undo["node"]))
+            return {"node": undo["node"]}
+        if window.kind == "pause":
+            cluster.resume(int(undo["node"]))
+            return {"node": undo["node"]}
+        if window.kind == "membership" and "node" in undo:
+            return await self._add_member(int(undo["node"]))
+        return {}
+
+    async def _post_all(self, requests: Mapping[int, dict[str, Any]]) -> dict[str, Any]:
+        answers = await asyncio.gather(
+            *(self.cluster.faults(i, request) for i, request in requests.items())
+        )
+        missed = sorted(i for i, a in zip(requests, answers, strict=True) if a is None)
+        return {"unreachable": missed} if missed else {}
+
+    async def _rolling_restart(self, budget_s: float) -> list[int]:
+        restarted: list[int] = []
+        deadline = time.monotonic() + budget_s
+        for node in self.cluster.ids:
+            if time.monotonic() >= deadline:
+                break
+            self.cluster.kill(node)
+            self.cluster.start(node)
+            restarted.append(node)
+            left_s = max(0.1, min(LEADER_WAIT_S_MAX, deadline - time.monotonic()))
+            try:
+                await self.cluster.wait_leader(left_s)
+            except PhalanxError:
+                break
+        return restarted
+
+    def _client(self) -> AsyncClient:
+        return AsyncClient(
+            self.cluster.endpoints(),
+            request_timeout_s=MEMBERSHIP_TIMEOUT_S,
+            total_timeout_s=MEMBERSHIP_TIMEOUT_S,
+        )
+
+    async def _remove_member(self) -> dict[str, Any]:
+        leader = await self.cluster.leader()
+        if leader is None:
+            raise _Skip("no leader known")
+        candidates = [i for i in self.cluster.ids if i != leader and i not in self._removed]
+        if not candidates:
+            raise _Skip("no follower to remove")
+        node = self._rng.choice(candidates)
+        client = self._client()
+        try:
+            async with asyncio.timeout(MEMBERSHIP_TIMEOUT_S):
+                await client.remove_member(node)
+        finally:
+            await client.aclose()
+        self._removed.add(node)
+        self.cluster.kill(node)
+        return {"node": node}
+
+    async def _add_member(self, node: int) -> dict[str, Any]:
+        client = self._client()
+        peer = self.cluster.peer[node]
+        address = self.cluster.client[node]
+        try:
+            async with asyncio.timeout(MEMBERSHIP_TIMEOUT_S):
+                await client.add_member(node, f"{peer[0]}:{peer[1]}", f"{address[0]}:{address[1]}")
+            shutil.rmtree(self.cluster.root / f"n{node}", ignore_errors=True)
+            self.cluster.start(node, join=True)
+            self._removed.discard(node)
+            # A learner until it has caught up; promoted back to voter.
+            async with asyncio.timeout(MEMBERSHIP_TIMEOUT_S):
+                while True:
+                    try:
+                        await client.promote_member(node)
+                        break
+                    except PhalanxError:
+                        await asyncio.sleep(_PROMOTE_RETRY_S)
+        finally:
+            await client.aclose()
+        return {"node": node}
+
+    async def heal(self) -> None:
+        """The final heal: every process resumed or started again, every link restored;
+        recorded as one ``heal`` operation."""
+        handle = self.recorder.invoke(NEMESIS_PROCESS, "heal", None)
+        cluster = self.cluster
+        resumed = sorted(cluster.paused)
+        for node in resumed:
+            cluster.resume(node)
+        started: list[int] = []
+        for node in cluster.ids:
+            if node in self._removed:
+                continue
+            if not cluster.alive(node):
+                cluster.start(node)
+                started.append(node)
+        answered = await self._post_all({key: {"heal": True} for key in cluster.ids})
+        removed = sorted(self._removed)
+        for node in removed:
+            try:
+                await self._add_member(node)
+            except (PhalanxError, OSError, TimeoutError) as exc:
+                answered.setdefault("errors", []).append(f"re-adding {node}: {exc}")
+        self.recorder.ok(
+            handle, {"resumed": resumed, "started": started, "readded": removed, **answered}
+        )
+
+
+class _Skip(Exception):
+    """A fault that cannot be applied now (recorded as a failed nemesis operation)."""
+
+
+async def _sleep_until(at_s: float) -> None:
+    delay_s = at_s - time.monotonic()
+    if delay_s > 0:
+        await asyncio.sleep(delay_s)
