@@ -98,3 +98,20 @@ def test_load_history_by_path(tmp_path: Path) -> None:
     assert len(load_history(path, "knossos")) == 6
     with pytest.raises(HistoryError):
         load_history(path, "jsonl")
+
+
+def test_fault_injector_events_are_skipped() -> None:
+    log = (
+        "INFO  jepsen.util - 1\t:invoke\t:read\tnil\n"
+        "INFO  jepsen.util - :nemesis\t:info\t:start\tnil\n"
+        "INFO  jepsen.util - 1\t:ok\t:read\t3\n"
+    )
+    (op,) = parse_knossos(log)
+    assert (op.invoke_us, op.complete_us, op.output) == (1, 3, 3)
+    edn = (
+        "{:process 0, :type :invoke, :f :read, :value nil, :time 5}\n"
+        "{:process :nemesis, :type :info, :f :start, :value nil}\n"
+        "{:process 0, :type :ok, :f :read, :value 2, :time 9}\n"
+    )
+    (op,) = parse_edn(edn)
+    assert (op.f, op.output) == ("read", 2)

@@ -17,8 +17,9 @@ In both, an ``:invoke`` starts an operation of its process and the next ``:ok``/
 ``:info`` of the same process ends it. The invocation's value is the input, an ``:ok``'s value
 the output. A ``:fail`` whose value is ``:timed-out`` is unknown, not failed (a timeout never
 proves that nothing happened), and an invocation that never completes is ``info`` with no
-completion time. These logs carry no clock: the line number is used as the time, which keeps
-exactly the order of events, and that order is all a checker needs.
+completion time. The line number is used as the time (Knossos logs carry no clock; EDN
+histories may have ``:time``, but the line order is exact and is all a checker needs). Events
+of the fault injector (process ``:nemesis``) are skipped: they are not client operations.
 
 The same bounds as JSON lines apply: :data:`~phalanx.chaos.history.HISTORY_OPS_MAX`
 operations and :data:`~phalanx.chaos.history.LINE_BYTES_MAX` bytes per line.
@@ -50,6 +51,7 @@ Format = Literal["jsonl", "knossos", "edn"]
 FORMATS: Final[tuple[Format, ...]] = ("jsonl", "knossos", "edn")
 
 _KNOSSOS_LINE: Final = re.compile(r"-\s+(\d+)\s+:(\w[\w-]*)\s+:(\S+)\s*(.*?)\s*$")
+_KNOSSOS_NEMESIS: Final = re.compile(r"-\s+:nemesis\s")
 _COMPLETIONS: Final = {"ok": Outcome.OK, "fail": Outcome.FAILED, "info": Outcome.INDETERMINATE}
 
 
@@ -148,6 +150,8 @@ def parse_knossos(text: str, *, ops_max: int = HISTORY_OPS_MAX) -> list[Operatio
     for number, line in _lines(text):
         match = _KNOSSOS_LINE.search(line)
         if match is None:
+            if _KNOSSOS_NEMESIS.search(line):
+                continue  # the fault injector's own events are not client operations
             raise HistoryError(f"line {number}: not a Knossos log line")
         process, kind, f, raw = match.groups()
         try:
@@ -172,6 +176,8 @@ def parse_edn(text: str, *, ops_max: int = HISTORY_OPS_MAX) -> list[Operation]:
             raise HistoryError(f"line {number}: not a map")
         fields = {str(k): v for k, v in record.items()}
         process, kind, f = fields.get("process"), fields.get("type"), fields.get("f")
+        if isinstance(process, Keyword):
+            continue  # :nemesis and other non-client processes
         if not isinstance(process, int) or not isinstance(kind, str) or not isinstance(f, str):
             raise HistoryError(f"line {number}: needs :process, :type and :f")
         key = fields.get("key")
