@@ -149,8 +149,8 @@ class _Act:
         self.console.print(self.table(await self.statuses(), "The cluster is up"))
         await self.write(self.writes_per_phase)
         self.console.print(
-            f"{len(result.acknowledged)} writes acknowledged. Writing on, "
-            f"[bold red]SIGKILL the leader, node {leader}[/bold red], mid-stream."
+            f"{len(result.acknowledged)} writes acknowledged. The writers go on, and "
+            f"[bold red]node {leader}, the leader, gets SIGKILL[/bold red] mid-stream."
         )
         self.killed = self.record.member(leader)
         writers = asyncio.create_task(self.write(self.writes_per_phase))
