@@ -98,6 +98,19 @@ def test_lock_catches_overlapping_holders() -> None:
     assert result.ops_bad == [2]
 
 
+def test_lock_overlap_with_any_earlier_holder_not_only_the_previous() -> None:
+    h = Ops()
+    h.add(0, "acquire", 0, 1, output=1)
+    h.add(0, "release", 100, 101, input=1)  # holds 1..100
+    h.add(1, "acquire", 2, 3, output=2)  # overlaps token 1 (caught with the pair 1, 2)
+    h.add(1, "release", 20, 21, input=2)
+    h.add(2, "acquire", 50, 51, output=3)  # after token 2, still inside token 1's hold
+    h.add(2, "release", 60, 61, input=3)
+    result = check_lock(h.ops)
+    assert result.details["overlaps"] == 2
+    assert result.ops_bad == [2, 4]
+
+
 def test_lock_catches_tokens_that_do_not_increase() -> None:
     result = check_lock(_lock(second_token=1, first_release_at=2).ops)
     assert result.verdict is Verdict.INVALID

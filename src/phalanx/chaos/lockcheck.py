@@ -79,11 +79,14 @@ def check_lock(ops: Sequence[Operation]) -> CheckResult:
     bad: set[int] = set()
     duplicates = 0
     overlaps = 0
+    # Every earlier-token hold must have ended before a hold starts, not only the previous one.
+    ended_us: int | None = None
     for before, after in itertools.pairwise(granted):
+        ended_us = before.end_us if ended_us is None else max(ended_us, before.end_us)
         if before.token == after.token:
             duplicates += 1
             bad.add(after.acquire_op)
-        elif after.start_us < before.end_us:
+        elif after.start_us < ended_us:
             overlaps += 1
             bad.add(after.acquire_op)
     # Token order: an acquire completed before another was invoked has the smaller token.
