@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
 import time
@@ -31,6 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from phalanx.cli.local_cluster import (
+    CLUSTER_FILE,
     DEFAULT_DATA_DIR,
     LEADER_WAIT_S_MAX,
     NODES_MAX,
@@ -105,7 +107,7 @@ def _endpoints(given: str | None, data_dir: str) -> list[str]:
     """``--endpoints``, else ``$PHALANX_ENDPOINTS``, else the record in ``data_dir``."""
     from phalanx.cli.endpoints import resolve_endpoints
 
-    record = Path(data_dir) / "cluster.json"
+    record = Path(data_dir) / CLUSTER_FILE
     try:
         return list(resolve_endpoints(given, cluster_file=record))
     except (ValueError, PhalanxError) as exc:
@@ -244,8 +246,6 @@ def _statuses(record: LocalCluster) -> list[MemberStatus]:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def status(data_dir: str, endpoints: str | None, as_json: bool) -> None:
     """Each member's role, term, leader, commit and applied index, revision and health."""
-    import os
-
     record = None
     if endpoints is None and not os.environ.get("PHALANX_ENDPOINTS"):
         record = _local_or_none(data_dir)
