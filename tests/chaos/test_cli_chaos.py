@@ -45,6 +45,7 @@ def test_an_invalid_file_exits_one_and_writes_its_timeline(tmp_path: Path) -> No
     assert page.exists()
     assert "process 0" in page.read_text()
     assert not (tmp_path / "html" / "etcd_002.log.html").exists()
+    assert result.output.endswith("2 files: 1 valid, 1 invalid\n")
 
 
 def test_unknown_exits_two(tmp_path: Path) -> None:

@@ -128,6 +128,9 @@ def check(
             target = html_dir / f"{path.name}.html"
             if write_timeline(ops, result, target):
                 click.echo(f"  timeline: {target}")
+    if len(verdicts) > 1:
+        counts = ", ".join(f"{verdicts.count(v)} {v.value}" for v in Verdict if v in verdicts)
+        click.echo(f"{len(verdicts)} files: {counts}")
     if Verdict.INVALID in verdicts:
         raise SystemExit(EXIT_INVALID)
     if Verdict.UNKNOWN in verdicts:
