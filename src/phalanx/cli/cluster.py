@@ -274,6 +274,12 @@ def status(data_dir: str, endpoints: str | None, as_json: bool) -> None:
         raise SystemExit(1)
 
 
+def _role(node: Any) -> str:
+    """The node's role, ``learner`` for a follower that does not vote."""
+    learner = any(m.node_id == node.node_id and m.learner for m in node.members)
+    return "learner" if learner and node.role == "follower" else str(node.role)
+
+
 def _row(status: MemberStatus, member: LocalMember | None, alive: bool | None) -> dict[str, Any]:
     node = status.status
     return {
@@ -283,7 +289,7 @@ def _row(status: MemberStatus, member: LocalMember | None, alive: bool | None) -
         "http": member.http if member is not None else None,
         "pid": member.pid if member is not None else None,
         "alive": alive,
-        "role": node.role if node else None,
+        "role": _role(node) if node else None,
         "term": node.term if node else None,
         "leader": node.leader if node else None,
         "commit_index": node.commit_index if node else None,
