@@ -119,9 +119,14 @@ class LocalCluster(msgspec.Struct, kw_only=True):
                 "`phalanx cluster up`)"
             ) from None
         try:
-            return msgspec.json.decode(data, type=cls)
+            record = msgspec.json.decode(data, type=cls)
         except msgspec.DecodeError as exc:
             raise ClusterError(f"{path}: not a cluster record: {exc}") from None
+        if record.version != _RECORD_VERSION:
+            raise ClusterError(
+                f"{path}: record version {record.version}, this phalanx reads {_RECORD_VERSION}"
+            )
+        return record
 
     def save(self) -> None:
         """Write the record atomically (a temporary file renamed over the old one)."""
