@@ -25,7 +25,14 @@ import pytest
 from click.testing import CliRunner
 
 from loopback import free_ports
-from phalanx.cli.local_cluster import is_node_process, node_supports, wait_exit
+from phalanx.cli.local_cluster import (
+    ClusterError,
+    LocalCluster,
+    create,
+    is_node_process,
+    node_supports,
+    wait_exit,
+)
 from phalanx.cli.main import _register, cli
 from phalanx.cli.txn_text import TxnTextError, parse_txn
 from phalanx.kv.commands import CompareOp, CompareTarget, DeleteRange, Put, Range
@@ -354,3 +361,34 @@ def test_txn_text_parses_compares_and_both_branches() -> None:
 def test_txn_text_rejects_malformed_lines(text: str) -> None:
     with pytest.raises(TxnTextError, match="line"):
         parse_txn(text)
+
+
+def test_the_record_round_trips_and_names_its_problems(tmp_path: Path) -> None:
+    with pytest.raises(ClusterError, match="no local cluster"):
+        LocalCluster.load(tmp_path)
+    (tmp_path / "cluster.json").write_text("{not json")
+    with pytest.raises(ClusterError, match="not a cluster record"):
+        LocalCluster.load(tmp_path)
+    with pytest.raises(ClusterError, match="--nodes"):
+        create(tmp_path, 10)
+    with pytest.raises(ClusterError, match="4 distinct ports"):
+        create(tmp_path, 2, http=False, ports=[1, 1, 2, 3])
+
+    ports = free_ports(6)
+    record = create(tmp_path, 3, http=False, ports=ports, tick_ms=25, fsync=False)
+    assert [(m.peer, m.client) for m in record.members] == [
+        (f"127.0.0.1:{ports[2 * k]}", f"127.0.0.1:{ports[2 * k + 1]}") for k in range(3)
+    ]
+    assert record.spec().count("=") == 3
+    argv = record.argv(record.members[0])
+    assert argv[argv.index("--tick-ms") + 1] == "25"
+    assert "--no-fsync" in argv
+    assert "--join" not in argv
+    assert "--http-listen" not in argv
+    record.save()
+    again = LocalCluster.load(tmp_path)
+    assert again == record
+    assert json.loads((tmp_path / "cluster.json").read_text())["endpoints"] == [
+        m.client for m in record.members
+    ]
+    assert not record.alive(record.members[0])  # recorded, never started
