@@ -1,8 +1,35 @@
-"""The Phalanx client: ``Client`` (blocking) and ``AsyncClient`` (asyncio). See
-``docs/client.md``."""
+"""The Phalanx client: ``Client`` (blocking) and ``AsyncClient`` (asyncio), and the
+coordination recipes built on them: locks with fencing tokens, leader election and typed
+configuration. See ``docs/client.md`` and ``docs/coordination.md``."""
 
 from phalanx.client.client import AsyncClient, parse_endpoint
+from phalanx.client.config import ConfigStore, InvalidConfig, Reloader
+from phalanx.client.election import Election, Leader, Leadership, LeadershipLost
+from phalanx.client.fencing import FencedResource, SqliteFencedResource, StaleToken
+from phalanx.client.lock import Held, LeaseLost, Lock, SyncLock, TooManyContenders
 from phalanx.client.results import GetResult, KeyValue, WatchEvent
 from phalanx.client.sync import Client
 
-__all__ = ["AsyncClient", "Client", "GetResult", "KeyValue", "WatchEvent", "parse_endpoint"]
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "ConfigStore",
+    "Election",
+    "FencedResource",
+    "GetResult",
+    "Held",
+    "InvalidConfig",
+    "KeyValue",
+    "Leader",
+    "Leadership",
+    "LeadershipLost",
+    "LeaseLost",
+    "Lock",
+    "Reloader",
+    "SqliteFencedResource",
+    "StaleToken",
+    "SyncLock",
+    "TooManyContenders",
+    "WatchEvent",
+    "parse_endpoint",
+]
