@@ -11,12 +11,13 @@ import itertools
 import random
 from collections.abc import Sequence
 
+import msgspec
 import pytest
 
 from phalanx.chaos.generate import ANOMALIES, generate_kv
 from phalanx.chaos.history import Operation
 from phalanx.chaos.linearizability import SearchLimits, search
-from phalanx.chaos.models import INVALID, KVModel, LockModel, Model, RegisterModel
+from phalanx.chaos.models import INVALID, Keyed, KVModel, LockModel, Model, RegisterModel
 from phalanx.chaos.verdict import Verdict
 from phalanx.errors import Outcome
 
@@ -105,6 +106,10 @@ def _kv_history(rng: random.Random) -> list[Operation]:
     return ops
 
 
+def _two_key_history(rng: random.Random) -> list[Operation]:
+    return [msgspec.structs.replace(op, key=rng.choice(["a", "b"])) for op in _kv_history(rng)]
+
+
 def _lock_history(rng: random.Random) -> list[Operation]:
     ops = []
     for n in range(rng.randint(1, 6)):
@@ -128,8 +133,9 @@ def _lock_history(rng: random.Random) -> list[Operation]:
         (RegisterModel(), _register_history),
         (KVModel(), _kv_history),
         (LockModel(), _lock_history),
+        (Keyed(KVModel()), _two_key_history),
     ],
-    ids=["register", "kv", "lock"],
+    ids=["register", "kv", "lock", "two-keys-whole"],
 )
 def test_search_agrees_with_brute_force(model: Model, make: object) -> None:
     rng = random.Random(20261126)
