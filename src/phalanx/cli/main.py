@@ -27,6 +27,7 @@ def _register() -> None:
     from phalanx.cli.saga import saga
     from phalanx.cli.shard import shard
     from phalanx.cli.sim import sim
+    from phalanx.cli.txn import txn
 
     cli.add_command(breaker)
     cli.add_command(chaos)
@@ -40,6 +41,7 @@ def _register() -> None:
     cli.add_command(saga)
     cli.add_command(shard)
     cli.add_command(sim)
+    cli.add_command(txn)
 
 
 def main() -> None:

@@ -1,0 +1,101 @@
+"""The order-flow reference system: both modes, every failure switch and crash, and the
+invariant checker proven by planted bugs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from phalanx.cli.txn import txn
+from phalanx.txn.orders import Faults, run_orders
+from phalanx.txn.orders import services as services_module
+
+FAULTS = {"payment": 0.2, "inventory": 0.1, "shipping": 0.1}
+
+
+@pytest.mark.parametrize("mode", ["orchestrated", "choreographed"])
+@pytest.mark.parametrize("crash", ["none", "orchestrator", "payment"])
+def test_invariants_hold_under_failures_and_crashes(tmp_path: Path, mode: str, crash: str) -> None:
+    report = run_orders(
+        mode=mode,
+        orders=60,
+        faults=Faults(**FAULTS, seed=3),
+        crash=crash,
+        directory=tmp_path,
+        seed=3,
+    )
+    assert report.violations == []
+    assert report.completed + report.cancelled == 60
+    assert report.completed > 0
+    assert report.cancelled > 0
+    if crash != "none":
+        assert report.crashes > 0
+
+
+def test_both_modes_reach_the_same_outcomes(tmp_path: Path) -> None:
+    reports = [
+        run_orders(
+            mode=mode,
+            orders=40,
+            faults=Faults(**FAULTS, seed=5),
+            crash="none",
+            directory=tmp_path / mode,
+            seed=5,
+        )
+        for mode in ("orchestrated", "choreographed")
+    ]
+    assert reports[0].completed == reports[1].completed
+    assert reports[0].cancelled == reports[1].cancelled
+
+
+def test_a_missing_refund_is_caught(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(services_module.Payments, "refund", lambda self, key: None)
+    report = run_orders(
+        mode="orchestrated",
+        orders=40,
+        faults=Faults(shipping=0.5, seed=1),
+        crash="none",
+        directory=tmp_path,
+        seed=1,
+    )
+    assert any("paid but neither shipped nor refunded" in v for v in report.violations)
+
+
+def test_a_charge_without_idempotency_is_caught(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = services_module.Payments.charge
+    calls = {"n": 0}
+
+    def careless(self: services_module.Payments, key: str, order_id: str, amount: int) -> None:
+        calls["n"] += 1
+        original(self, f"{key}#{calls['n']}", order_id, amount)  # a new key on every call
+
+    monkeypatch.setattr(services_module.Payments, "charge", careless)
+    report = run_orders(
+        mode="orchestrated",
+        orders=40,
+        faults=Faults(seed=2),
+        crash="payment",
+        directory=tmp_path,
+        seed=2,
+    )
+    assert any("charged 2 times" in v for v in report.violations)
+
+
+def test_the_command_exits_non_zero_on_a_violation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner = CliRunner()
+    args = ["orders", "--orders", "30", "--fail", "payment=0.3,shipping=0.3", "--seed", "4"]
+    ok = runner.invoke(txn, [*args, "--mode", "choreographed", "--dir", str(tmp_path / "a")])
+    assert ok.exit_code == 0, ok.output
+    assert "invariants: hold" in ok.output
+    monkeypatch.setattr(services_module.Inventory, "release", lambda self, key: None)
+    bad = runner.invoke(txn, [*args, "--dir", str(tmp_path / "b")])
+    assert bad.exit_code == 1
+    assert "violated" in bad.output
+    wrong = runner.invoke(txn, ["orders", "--fail", "weather=1"])
+    assert wrong.exit_code != 0
