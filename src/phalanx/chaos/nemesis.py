@@ -122,7 +122,7 @@ def _ring_groups(ids: Sequence[int]) -> list[list[int]]:
     # Each node with its neighbours within distance m: a majority for 2m+1 >= n//2+1.
     n = len(ids)
     m = -(-(n // 2) // 2)
-    return [[ids[(k + d) % n] for d in range(-m, m + 1)] for k in range(n)]
+    return [[ids[k], *(ids[(k + d) % n] for d in range(-m, m + 1) if d)] for k in range(n)]
 
 
 def _partition_groups(shape: str, ids: list[int], rng: random.Random) -> list[list[int]]:
@@ -144,14 +144,21 @@ def _partition_groups(shape: str, ids: list[int], rng: random.Random) -> list[li
     return []  # leader: drawn at run time
 
 
-def grudge(groups: Sequence[Sequence[int]], ids: Sequence[int]) -> dict[int, list[int]]:
+def grudge(
+    groups: Sequence[Sequence[int]], ids: Sequence[int], *, views: bool = False
+) -> dict[int, list[int]]:
     """Which peers each node must cut so that only nodes sharing a group can talk.
 
-    ``groups`` may overlap (ring, bridge): two nodes talk when some group holds both.
+    ``groups`` may overlap (bridge): two nodes talk when some group holds both. With
+    ``views`` (the ring), each group is instead one node's view: that node first, then the
+    nodes it reaches.
     """
     cut: dict[int, list[int]] = {}
     for a in ids:
-        reachable = {b for g in groups if a in g for b in g}
+        if views:
+            reachable = {b for g in groups if g and g[0] == a for b in g}
+        else:
+            reachable = {b for g in groups if a in g for b in g}
         cut[a] = sorted(b for b in ids if b != a and b not in reachable)
     return cut
 
@@ -272,7 +279,7 @@ class Nemesis:
                 if leader is None:
                     raise _Skip("no leader known")
                 groups = [[leader], [i for i in cluster.ids if i != leader]]
-            cuts = grudge(groups, cluster.ids)
+            cuts = grudge(groups, cluster.ids, views=window.shape == "ring" and len(groups) > 2)
             answered = await self._post_all({i: {"isolate": c} for i, c in cuts.items() if c})
             return {"groups": groups, "cut": {str(i): c for i, c in cuts.items()}, **answered}
         if window.kind == "kill":

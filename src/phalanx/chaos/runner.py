@@ -6,7 +6,8 @@
    ``out/cluster`` and wait for a leader (``LEADER_WAIT_S_MAX``);
 2. prepare the workload's keys;
 3. for ``time_limit_s``: ``concurrency`` client tasks run the workload (each with its own
-   client, preferring a different node first, at ``rate_hz`` operations per second in all),
+   client, preferring a different node first, and a reader kept on that node, at
+   ``rate_hz`` operations per second in all),
    while the nemesis opens and closes the fault windows of :func:`~phalanx.chaos.nemesis.plan`;
 4. the final heal (every process resumed or restarted, every link restored), then
    ``recovery_s`` of calm and a leader again;
@@ -57,6 +58,8 @@ HISTORY_OPS_MAX: Final = 200_000
 CONCURRENCY_MAX: Final = 64
 #: How long the cluster may take to elect its first leader, and again after the heal.
 LEADER_WAIT_S_MAX: Final = 30.0
+#: Attempts of one client call with ``client_retries`` (the client's default).
+CLIENT_ATTEMPTS_MAX: Final = 50
 #: Attempts of a final operation that keeps failing (the cluster may still be recovering).
 FINAL_ATTEMPTS_MAX: Final = 10
 #: Attempts of the workload's setup.
@@ -81,6 +84,7 @@ class RunOptions(msgspec.Struct, kw_only=True):
     fault_s: tuple[float, float] = (1.0, 3.0)
     quiet_s: tuple[float, float] = (1.0, 3.0)
     check_timeout_s: float = 60.0
+    client_retries: bool = False
     node_command: list[str] | None = None
 
     def __post_init__(self) -> None:
@@ -109,6 +113,7 @@ class RunOptions(msgspec.Struct, kw_only=True):
             str(self.concurrency),
             "--rate",
             f"{self.rate_hz:g}",
+            *(["--client-retries"] if self.client_retries else []),
             "--out",
             str(out),
         ]
@@ -146,23 +151,35 @@ async def _worker(
 ) -> None:
     rng = random.Random(options.seed * 1_000_003 + index)
     first = cluster.ids[index % len(cluster.ids)]
+    # One attempt per operation by default: its error then tells exactly what happened
+    # (with the client's own retries, the last attempt's error is reported; see docs).
     client = AsyncClient(
         cluster.endpoints(first),
         request_timeout_s=options.op_timeout_s,
         connect_timeout_s=min(1.0, options.op_timeout_s),
         total_timeout_s=options.op_timeout_s,
+        attempts_max=CLIENT_ATTEMPTS_MAX if options.client_retries else 1,
+    )
+    # Reads through a client kept on one member (see phalanx.chaos.workloads).
+    reader = AsyncClient(
+        cluster.endpoints(first)[:1],
+        request_timeout_s=options.op_timeout_s,
+        connect_timeout_s=min(1.0, options.op_timeout_s),
+        total_timeout_s=options.op_timeout_s,
+        attempts_max=CLIENT_ATTEMPTS_MAX if options.client_retries else 1,
     )
     process = index
     mean_gap_s = options.concurrency / options.rate_hz
     try:
         while time.monotonic() < stop_at_s and not recorder.full():
-            outcome = await workload.invoke(client, rng, process, recorder)
+            outcome = await workload.invoke(client, rng, process, recorder, reader=reader)
             if outcome is Outcome.INDETERMINATE:
                 # The operation may still be in flight: the next one is another process.
                 process += options.concurrency
             await asyncio.sleep(min(rng.expovariate(1 / mean_gap_s), 10 * mean_gap_s))
     finally:
         await client.aclose()
+        await reader.aclose()
 
 
 async def _final(

@@ -21,8 +21,13 @@ workload      operations                                            checker
               accounts' mod revisions), ``read`` of every balance   total, no overdraft)
 ============  ====================================================  ==================
 
-Keys live under :data:`KEY_PREFIX`. Every call is bounded by the client's own total timeout
-and, as a backstop, by ``op_timeout_s`` here; a call cut off by it is ``info``.
+Reads may go through a second client, ``reader``, that the runner keeps on one member (each
+client task on a different one, as Jepsen binds each client to a node): every member serves
+linearizable reads (ReadIndex), so a member cut off from the others must refuse them rather
+than answer from its own, possibly stale, state. Keys live under :data:`KEY_PREFIX`.
+
+Every call is bounded by the client's own total timeout and, as a backstop, by
+``op_timeout_s`` here; a call cut off by it is ``info``.
 """
 
 from __future__ import annotations
@@ -80,9 +85,16 @@ class Workload(Protocol):
         ...
 
     async def invoke(
-        self, client: AsyncClient, rng: random.Random, process: int, recorder: Recorder
+        self,
+        client: AsyncClient,
+        rng: random.Random,
+        process: int,
+        recorder: Recorder,
+        *,
+        reader: AsyncClient | None = None,
     ) -> Outcome:
-        """Run and record one operation; its outcome."""
+        """Run and record one operation; its outcome. Reads go through ``reader`` when
+        given (a client kept on one member, see the module docstring)."""
         ...
 
     async def final(self, client: AsyncClient, process: int, recorder: Recorder) -> Outcome:
@@ -157,7 +169,13 @@ class RegisterWorkload(_Base):
     model = "register"
 
     async def invoke(
-        self, client: AsyncClient, rng: random.Random, process: int, recorder: Recorder
+        self,
+        client: AsyncClient,
+        rng: random.Random,
+        process: int,
+        recorder: Recorder,
+        *,
+        reader: AsyncClient | None = None,
     ) -> Outcome:
         name = f"r{rng.randrange(self.keys)}"
         key = _key(name)
@@ -165,7 +183,7 @@ class RegisterWorkload(_Base):
         if draw < 0.5:
 
             async def read() -> int | None:
-                return _int_or_none(await client.get(key))
+                return _int_or_none(await (reader or client).get(key))
 
             return await record(
                 recorder, process, "read", None, read, key=name, timeout_s=self.op_timeout_s
@@ -207,7 +225,13 @@ class KVWorkload(_Base):
         self._counter = 0
 
     async def invoke(
-        self, client: AsyncClient, rng: random.Random, process: int, recorder: Recorder
+        self,
+        client: AsyncClient,
+        rng: random.Random,
+        process: int,
+        recorder: Recorder,
+        *,
+        reader: AsyncClient | None = None,
     ) -> Outcome:
         name = f"k{rng.randrange(self.keys)}"
         key = _key(name)
@@ -217,7 +241,7 @@ class KVWorkload(_Base):
         if draw < 0.4:
 
             async def get() -> str:
-                value = await client.get(key)
+                value = await (reader or client).get(key)
                 return "" if value is None else value.decode()
 
             return await record(
@@ -267,12 +291,18 @@ class SetWorkload(_Base):
         return sorted(int(kv.key[prefix_len:]) for kv in listing.kvs)
 
     async def invoke(
-        self, client: AsyncClient, rng: random.Random, process: int, recorder: Recorder
+        self,
+        client: AsyncClient,
+        rng: random.Random,
+        process: int,
+        recorder: Recorder,
+        *,
+        reader: AsyncClient | None = None,
     ) -> Outcome:
         if rng.random() < 0.1:
 
             async def read() -> list[int]:
-                return await self._read(client)
+                return await self._read(reader or client)
 
             return await record(recorder, process, "read", None, read, timeout_s=self.op_timeout_s)
         element = self._next
@@ -315,10 +345,16 @@ class BankWorkload(_Base):
         return balances, revisions
 
     async def invoke(
-        self, client: AsyncClient, rng: random.Random, process: int, recorder: Recorder
+        self,
+        client: AsyncClient,
+        rng: random.Random,
+        process: int,
+        recorder: Recorder,
+        *,
+        reader: AsyncClient | None = None,
     ) -> Outcome:
-        if rng.random() < 0.3:
-            return await self.final(client, process, recorder)
+        if rng.random() < 0.3:  # the operation mix
+            return await self.final(reader or client, process, recorder)
         source, target = rng.sample(range(BANK_ACCOUNTS), 2)
         amount = rng.randint(1, BANK_TRANSFER_MAX)
 

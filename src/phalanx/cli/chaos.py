@@ -202,6 +202,11 @@ def _run_common(function: Callable[..., None]) -> Callable[..., None]:
             show_default=True,
             help="Whether the nodes fdatasync their logs.",
         ),
+        click.option(
+            "--client-retries",
+            is_flag=True,
+            help="Let the client retry each call itself (default: one attempt per operation).",
+        ),
     ]
     for option in reversed(options):
         function = option(function)
