@@ -980,7 +980,7 @@ def results_block(rows: list[Row], args: argparse.Namespace, started: str, argv:
         (
             f"- Machine: {os.cpu_count()} CPUs shared by the three servers and the load generator "
             f"(CPU columns: 100% = one core); Linux {platform.release()}; {_versions()}; "
-            f"phalanx at {_phalanx_revision(args.commit)}."
+            f"phalanx at {args.revision}."
         ),
         f"- Rerun: `{argv}`.",
     ]
@@ -1153,11 +1153,14 @@ def main(argv: list[str] | None = None) -> int:
     base = Path(tempfile.mkdtemp(prefix="phalanx-bench-cluster-"))
     global PHALANX_SRC  # noqa: PLW0603 - set once, before any process starts
     if args.commit is not None:
+        # Resolved once, before anything runs: HEAD may move while the benchmark runs.
+        args.commit = _git("rev-parse", "--verify", f"{args.commit}^{{commit}}") or args.commit
         PHALANX_SRC = export_commit(args.commit, base)
     elif args.phalanx_src is not None:
         PHALANX_SRC = args.phalanx_src.resolve()
     if PHALANX_SRC is not None:
         sys.path.insert(0, str(PHALANX_SRC))
+    args.revision = _phalanx_revision(args.commit)
     rows: list[Row] = []
     profile: Profile | None = None
     try:
