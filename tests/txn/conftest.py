@@ -8,6 +8,7 @@ while the other keeps running. Started once per session, only when a test asks f
 
 from __future__ import annotations
 
+import concurrent.futures
 import importlib.util
 import sys
 from collections.abc import Iterator
@@ -51,5 +52,6 @@ def tpc_pair(tpc: ModuleType) -> Iterator[tuple[Any, Any]]:
             pytest.fail(f"cannot start the 2PC test PostgreSQL servers: {exc}", pytrace=False)
         yield servers[0], servers[1]
     finally:
-        for server in servers:
-            server.stop()
+        # Stopped side by side: each stop waits for its server to go away.
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda server: server.stop(), servers))

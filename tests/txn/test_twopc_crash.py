@@ -172,7 +172,7 @@ def test_coordinator_killed_while_aborting(world: World, stop: str) -> None:
     assert present(world, row) == dict.fromkeys("abs", False)
 
 
-@pytest.mark.parametrize("stop", ["prepared:s", "decided:commit", "finished:a"])
+@pytest.mark.parametrize("stop", ["prepared:s", "decided:commit"])
 def test_coordinator_never_returns_participants_resolve_from_the_log(
     world: World, stop: str
 ) -> None:
