@@ -286,3 +286,29 @@ async def test_a_shard_failing_mid_stream_is_dropped_and_flagged(urls: dict[str,
             await strict.select(query)
     finally:
         await router.close()
+
+
+async def test_a_fenced_shard_without_a_newer_map_delays_the_call_within_its_bound(
+    tmp_path: Path,
+) -> None:
+    from phalanx.clock import ManualClock
+
+    urls = locations("sqlite", SHARDS, tmp_path, None)
+    shard_map = ShardMap.create(strategy("jump", SHARDS), urls)
+    clock = ManualClock()
+
+    async def reload() -> ShardMap:
+        return shard_map  # the cut-over has not published its map yet
+
+    router = Router(shard_map, open_all(urls), reload=reload, stale_wait_s=0.1, clock=clock)
+    try:
+        for shard in SHARDS:
+            await router.backend(shard).set_meta("fence_version", 2)
+        with pytest.raises(StaleShardMap):
+            await router.fetch("user:1", "SELECT 1")
+        # Pauses double from 2 ms up to the bound, on the injected clock: no real waiting.
+        assert clock.sleeps_s[:4] == [0.002, 0.004, 0.008, 0.016]
+        assert sum(clock.sleeps_s) >= 0.1
+        assert sum(clock.sleeps_s[:-1]) < 0.1
+    finally:
+        await router.close()
