@@ -32,6 +32,7 @@ from typing import Any
 import msgspec
 
 from phalanx.errors import InvariantViolation, PhalanxError
+from phalanx.raft.early import split_early
 from phalanx.raft.storage import MemoryStorage
 from phalanx.raft.types import (
     NONE,
@@ -107,9 +108,11 @@ class SimSettings(msgspec.Struct, frozen=True, kw_only=True):
     trace_events: int = 80
     events_max: int = 1_000_000
     history_ops_max: int = 200_000
-    #: A deliberately broken driver, for the planted-bug tests: send a Ready's messages
-    #: before its writes are durable: ``"all"`` of them, or only the ``"votes"`` it grants.
-    early_send: str = ""
+    #: What a Ready's messages may leave before its writes are durable. ``"leader"`` (the
+    #: default, what ``phalanx.node`` does): a leader's appends and heartbeats overlap its
+    #: fsync (``phalanx.raft.early``). Deliberately broken drivers, for the planted-bug
+    #: tests: ``"all"`` of them, or only the ``"votes"`` a node grants. ``""``: nothing.
+    early_send: str = "leader"
 
     def __post_init__(self) -> None:
         if not 1 <= self.nodes <= self.nodes_max:
@@ -121,8 +124,8 @@ class SimSettings(msgspec.Struct, frozen=True, kw_only=True):
         unknown = self.features - ALL_FEATURES
         if unknown:
             raise ValueError(f"unknown features {sorted(unknown)}")
-        if self.early_send not in ("", "all", "votes"):
-            raise ValueError("early_send must be '', 'all' or 'votes'")
+        if self.early_send not in ("", "leader", "all", "votes"):
+            raise ValueError("early_send must be '', 'leader', 'all' or 'votes'")
 
 
 class SimulationFailed(InvariantViolation):
@@ -583,6 +586,8 @@ class Cluster:
             messages = self.nemesis.filter(node, messages)
         if self.settings.early_send == "all":
             return messages
+        if self.settings.early_send == "leader":
+            return split_early(messages, Role(node.role))[0]
         return tuple(m for m in messages if m.type == MessageType.VOTE_RESP)
 
     def _send(self, messages: tuple[Message, ...]) -> None:
@@ -614,6 +619,8 @@ class Cluster:
                 messages = nemesis.filter(node, messages)
         if not self.settings.early_send:
             self._send(messages)
+        elif self.settings.early_send == "leader":
+            self._send(split_early(messages, Role(node.role))[1])
         elif self.settings.early_send == "votes":
             self._send(tuple(m for m in messages if m.type != MessageType.VOTE_RESP))
         core = node.core
