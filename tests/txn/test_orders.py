@@ -99,3 +99,14 @@ def test_the_command_exits_non_zero_on_a_violation(
     assert "violated" in bad.output
     wrong = runner.invoke(txn, ["orders", "--fail", "weather=1"])
     assert wrong.exit_code != 0
+
+
+def test_the_demo_shows_a_compensated_saga() -> None:
+    lines: list[str] = []
+    from phalanx.txn.orders.demo import run_demo
+
+    assert run_demo(lines.append)
+    text = "\n".join(lines)
+    assert "invariants: hold" in text
+    assert "compensation-done reserve" in text
+    assert text.index("compensation-done reserve") < text.index("compensation-done create")

@@ -125,3 +125,12 @@ def recover(
     click.echo(f"{report.ended} transactions finished; {len(report.errors)} problems")
     if report.errors:
         raise SystemExit(1)
+
+
+@txn.command()
+def demo() -> None:
+    """An order saga that fails and compensates, with the invariants checked."""
+    from phalanx.txn.orders.demo import run_demo
+
+    if not run_demo(click.echo):
+        raise SystemExit(1)
