@@ -95,6 +95,19 @@ def test_range_split_migrate_and_advise(tmp_path: Path) -> None:
         "SELECT MIN(owner), MAX(owner) FROM accounts",
     )
     assert on_c.split() == ["user:10", "user:29"]
+    out = invoke(runner, "move", "b", "--to", "c", "--at", "user:35", "--dir", str(directory))
+    assert "map version 3" in out
+    on_c = invoke(
+        runner,
+        "query",
+        "--dir",
+        str(directory),
+        "--key",
+        "user:15",
+        "SELECT MAX(owner) FROM accounts",
+    )
+    assert on_c.split() == ["user:34"]
+    assert total(runner, directory) == [40, sum(range(40))]
     migrations = tmp_path / "migrations"
     migrations.mkdir()
     (migrations / "1_note.sql").write_text("ALTER TABLE accounts ADD COLUMN note TEXT;\n")

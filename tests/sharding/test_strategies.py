@@ -289,3 +289,16 @@ def test_the_ring_index_finds_the_same_point_as_a_plain_bisect(
     for key in keys:
         index = bisect.bisect_left(points, hash64(key))
         assert ring.shard_for(key) == placed[index % len(placed)][1]
+
+
+def test_range_move_bound_shifts_keys_between_neighbours_only() -> None:
+    built = RangeStrategy(["a", "b", "c"], bounds=["g", "p"])
+    shifted = built.move_bound("a", "b", "k")
+    assert shifted.range_of("a") == (b"", b"k")
+    assert shifted.range_of("b") == (b"k", b"p")
+    assert shifted.shard_for("hat") == "a"
+    assert shifted.shard_for("zoo") == "c"
+    with pytest.raises(BadRequest):
+        built.move_bound("a", "b", "q")  # would swallow b's whole range
+    with pytest.raises(BadRequest):
+        built.move_bound("a", "c", "k")

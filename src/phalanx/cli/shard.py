@@ -381,19 +381,38 @@ def split(directory: Path, name: str, new_name: str, at: str | None, location: s
 @shard.command()
 @_dir_option
 @click.argument("name")
-@click.option("--to", "new_name", required=True, help="The new shard taking NAME's place.")
-@click.option("--location", default=None, help="Location of the new shard.")
-def move(directory: Path, name: str, new_name: str, location: str | None) -> None:
-    """Move shard NAME's rows to a new shard that takes its place (e.g. a bigger machine)."""
+@click.option("--to", "new_name", required=True, help="The shard receiving the rows.")
+@click.option(
+    "--at",
+    default=None,
+    help="Range maps: move only the keys between the shared bound and this key to the "
+    "neighbour --to. Without it --to is a new shard taking NAME's place.",
+)
+@click.option("--location", default=None, help="Location of a new shard.")
+def move(directory: Path, name: str, new_name: str, at: str | None, location: str | None) -> None:
+    """Move shard NAME's rows to a new shard (e.g. a bigger machine), or with --at move a
+    key range to the neighbouring range shard --to."""
     keyspace = Keyspace(directory)
     old = keyspace.load()
+    if at is not None:
+        built = old.build()
+        if not isinstance(built, RangeStrategy):
+            raise click.ClickException("--at needs the range strategy")
+        if name not in old.shards or new_name not in old.shards:
+            raise click.ClickException(f"need existing shards {name} and {new_name}")
+        left, right = sorted((name, new_name), key=old.shards.index)
+        try:
+            after = built.move_bound(left, right, at.encode())
+        except PhalanxError as exc:
+            raise click.ClickException(str(exc)) from exc
+        _rebalance(keyspace, old.advance(after))
+        return
     if name not in old.shards or new_name in old.shards:
         raise click.ClickException(f"need an existing {name} and a new {new_name}")
     renamed = [new_name if s == name else s for s in old.shards]
-    after = strategy(old.strategy, renamed, **old.options)
-    _rebalance(
-        keyspace, old.advance(after, {new_name: location or keyspace.default_location(new_name)})
-    )
+    after_map = strategy(old.strategy, renamed, **old.options)
+    where = {new_name: location or keyspace.default_location(new_name)}
+    _rebalance(keyspace, old.advance(after_map, where))
 
 
 @shard.command()

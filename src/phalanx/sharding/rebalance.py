@@ -303,8 +303,7 @@ class Rebalancer:
         self.state = loaded
         self.old: Strategy = loaded.old_map.build()
         self.new: Strategy = loaded.new_map.build()
-        missing = sorted(set(self.old.shards) | set(self.new.shards) - set(self.backends))
-        missing = [s for s in missing if s not in self.backends]
+        missing = sorted((set(self.old.shards) | set(self.new.shards)) - set(self.backends))
         if missing:
             raise BadRequest(f"rebalance: no backend for shards {missing}")
 

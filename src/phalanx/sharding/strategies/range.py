@@ -128,6 +128,22 @@ class RangeStrategy:
         del bounds[index]
         return RangeStrategy(shards, bounds=bounds)
 
+    def move_bound(self, left: str, right: str, at: Key) -> RangeStrategy:
+        """Move the boundary between the adjacent ``left`` and ``right`` to ``at``: the keys
+        between the old and the new boundary change owner (a key range moves between
+        neighbours, as a balancer moves chunks)."""
+        index = require_shard(self._shards, left)
+        if require_shard(self._shards, right) != index + 1:
+            raise BadRequest(f"{right!r} does not own the range right after {left!r}")
+        point = key_bytes(at)
+        low = self._bounds[index - 1] if index > 0 else b""
+        high = self._bounds[index + 1] if index + 1 < len(self._bounds) else None
+        if not (point > low and (high is None or point < high)):
+            raise BadRequest(f"bound {point!r} would leave {left!r} or {right!r} without a range")
+        bounds = list(self._bounds)
+        bounds[index] = point
+        return RangeStrategy(self._shards, bounds=bounds)
+
     def split_point(self, shard: str) -> bytes:
         """The midpoint of ``shard``'s range: on the eight bytes after the prefix that its
         low and high bounds share (so ``user:0000`` .. ``user:5000`` splits near
