@@ -302,3 +302,14 @@ def test_range_move_bound_shifts_keys_between_neighbours_only() -> None:
         built.move_bound("a", "b", "q")  # would swallow b's whole range
     with pytest.raises(BadRequest):
         built.move_bound("a", "c", "k")
+
+
+def test_ring_shares_cover_the_hash_space_and_match_sampled_loads() -> None:
+    from phalanx.sharding.strategies import RingStrategy
+
+    ring = RingStrategy([f"s{i}" for i in range(5)], vnodes=20)
+    shares = ring.shares()
+    assert sum(shares.values()) == pytest.approx(1.0)
+    loads = Counter(ring.shard_for(k) for k in KEYS)
+    for shard, share in shares.items():
+        assert loads[shard] / len(KEYS) == pytest.approx(share, abs=0.03)

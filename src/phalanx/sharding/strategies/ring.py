@@ -83,6 +83,16 @@ class _Ring:
         return 0 if index == len(self.points) else index
 
 
+def _arc_shares(points: list[int], owners: list[str], shards: tuple[str, ...]) -> dict[str, float]:
+    """Each shard's arcs: a point owns the keys from the previous point (exclusive) up to it."""
+    owned = dict.fromkeys(shards, 0)
+    previous = points[-1] - (1 << 64)  # the last point's arc wraps around zero
+    for point, owner in zip(points, owners, strict=True):
+        owned[owner] += point - previous
+        previous = point
+    return {shard: arc / (1 << 64) for shard, arc in owned.items()}
+
+
 def _check_vnodes(vnodes: int) -> int:
     if not isinstance(vnodes, int) or isinstance(vnodes, bool) or not 1 <= vnodes <= VNODES_MAX:
         raise ValueError(f"vnodes: expected an int in 1..{VNODES_MAX}, got {vnodes!r}")
@@ -115,6 +125,11 @@ class RingStrategy:
         starts = self._starts
         index = bisect.bisect_left(self._points, position, starts[bucket], starts[bucket + 1])
         return self._owners[index if index < len(self._points) else 0]
+
+    def shares(self) -> dict[str, float]:
+        """The fraction of the hash space each shard owns: its expected share of keys,
+        exactly, with no sampling."""
+        return _arc_shares(self._points, self._owners, self._shards)
 
     def with_shards(self, new_shards: Iterable[str]) -> Strategy:
         return RingStrategy(merged_order(self._shards, new_shards), vnodes=self.vnodes)
