@@ -199,7 +199,7 @@ def bench_resume(base: Path, count: int, synchronous: str) -> None:
         for record in claimed:  # each one killed after its first step started
             started = record.evolve(executions=1, updated_at_s=now_s)
             store.save(
-                started, SagaEvent(now_s, "step-started", "reserve"), now_s=now_s, lease_s=30
+                started, [SagaEvent(now_s, "step-started", "reserve")], now_s=now_s, lease_s=30
             )
         later = ManualClock(wall_start_s=now_s + 31)
         worker = SagaWorker(store, [order_saga()], worker_id="new", claim_batch=256, clock=later)

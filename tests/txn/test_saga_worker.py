@@ -202,7 +202,7 @@ def test_a_stale_worker_loses_to_the_one_that_took_over(store: Store) -> None:
     assert record.resumes == 1
     assert record.fence == claimed.fence + 1
     with pytest.raises(LeaseLost):
-        store.save(claimed, SagaEvent(0.0, "late"), now_s=clock.wall_s(), lease_s=10)
+        store.save(claimed, [SagaEvent(0.0, "late")], now_s=clock.wall_s(), lease_s=10)
     slow_worker.drive(claimed)  # its whole run is refused at the first save
     assert slow_worker.statistics().leases_lost == 1
     assert services.calls == ["reserve", "charge", "ship", "notify"]

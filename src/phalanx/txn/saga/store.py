@@ -7,10 +7,11 @@ Rules every store keeps:
 * ``claim`` hands sagas that are active (running or compensating) and unowned, or whose
   owner's lease expired, to one worker, atomically: it sets the owner and the lease and bumps
   the **fencing token** (``fence``). Taking over an expired lease counts as a resume.
-* ``save`` writes a record and its timeline event only if the record's ``fence`` is still
-  the saga's current one; otherwise it raises :class:`LeaseLost` and writes nothing. A worker
-  that stalled past its lease therefore cannot overwrite the progress of the worker that took
-  the saga over. Each save renews the lease; a settled or dead-lettered saga is released.
+* ``save`` writes a record and its timeline events (one or more transitions at once) only
+  if the record's ``fence`` is still the saga's current one; otherwise it raises
+  :class:`LeaseLost` and writes nothing. A worker that stalled past its lease therefore
+  cannot overwrite the progress of the worker that took the saga over. Each save renews
+  the lease; a settled or dead-lettered saga is released.
 * ``force`` is the operator's write (``phalanx saga retry/compensate``): it bumps the fence
   and clears the owner, so whoever held the saga loses it.
 
@@ -20,6 +21,7 @@ Rules every store keeps:
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import msgspec
@@ -63,7 +65,7 @@ class SagaStore(Protocol):
     ) -> list[SagaRecord]: ...
 
     def save(
-        self, record: SagaRecord, event: SagaEvent, *, now_s: float, lease_s: float
+        self, record: SagaRecord, events: Sequence[SagaEvent], *, now_s: float, lease_s: float
     ) -> None: ...
 
     def get(self, saga_id: str) -> SagaRecord | None: ...
@@ -111,7 +113,9 @@ class MemorySagaStore:
                 claimed.append(taken)
             return claimed
 
-    def save(self, record: SagaRecord, event: SagaEvent, *, now_s: float, lease_s: float) -> None:
+    def save(
+        self, record: SagaRecord, events: Sequence[SagaEvent], *, now_s: float, lease_s: float
+    ) -> None:
         check_size(record)
         with self._lock:
             current = self._records.get(record.saga_id)
@@ -122,7 +126,8 @@ class MemorySagaStore:
                 owner=current.owner if held else None,
                 lease_until_s=now_s + lease_s if held else 0.0,
             )
-            self._append(record.saga_id, event)
+            for event in events:
+                self._append(record.saga_id, event)
 
     def get(self, saga_id: str) -> SagaRecord | None:
         with self._lock:

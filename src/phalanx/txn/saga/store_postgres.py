@@ -14,6 +14,7 @@ transaction.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
@@ -167,7 +168,9 @@ class PostgresSagaStore:
             ).fetchall()
         return sorted((_record(r) for r in rows), key=lambda r: (r.updated_at_s, r.saga_id))
 
-    def save(self, record: SagaRecord, event: SagaEvent, *, now_s: float, lease_s: float) -> None:
+    def save(
+        self, record: SagaRecord, events: Sequence[SagaEvent], *, now_s: float, lease_s: float
+    ) -> None:
         check_size(record)
         held = record.status.active
         row = _row(record)
@@ -189,7 +192,8 @@ class PostgresSagaStore:
                 ),
             )
             if cursor.rowcount == 1:
-                self._append(record.saga_id, event)
+                for event in events:
+                    self._append(record.saga_id, event)
         if cursor.rowcount != 1:
             raise LeaseLost(f"saga {record.saga_id}: fence {record.fence} is stale")
 

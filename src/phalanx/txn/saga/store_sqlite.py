@@ -186,7 +186,9 @@ class SqliteSagaStore:
                 raise
         return [r for r in claimed if r is not None]
 
-    def save(self, record: SagaRecord, event: SagaEvent, *, now_s: float, lease_s: float) -> None:
+    def save(
+        self, record: SagaRecord, events: Sequence[SagaEvent], *, now_s: float, lease_s: float
+    ) -> None:
         check_size(record)
         held = record.status.active
         row = _row(record)
@@ -211,7 +213,8 @@ class SqliteSagaStore:
                     ),
                 )
                 if cursor.rowcount == 1:
-                    self._append(record.saga_id, event)
+                    for event in events:
+                        self._append(record.saga_id, event)
                 conn.execute("COMMIT")
             except BaseException:
                 _rollback(conn)

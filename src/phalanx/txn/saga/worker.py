@@ -4,7 +4,10 @@ Order of work for each claimed saga (the machine's contract):
 
 1. ask the machine for the next batch; write its :class:`~.machine.Persist` to the store,
    fenced by the claim's token (a stale token raises :class:`~.store.LeaseLost` and the
-   worker drops the saga: someone else owns it now);
+   worker drops the saga: someone else owns it now). Transitions with no side effect
+   between them are written together: a step's "done" and the next step's "started" are
+   one write, made before that next step runs. If the worker dies before that write, the
+   finished step runs again under its key, which its idempotency makes harmless;
 2. run the step's action or compensation, under its idempotency key, wrapped in the step's
    :class:`~phalanx.resilience.TimeLimiter` (``timeout_s``) and :class:`~phalanx.resilience.Retry`;
 3. feed the result back; repeat until the batch is empty (the saga settled).
@@ -88,6 +91,7 @@ class SagaWorker:
         self.clock = clock
         self._observer = observer
         self._limiters: dict[tuple[str, str], TimeLimiter] = {}
+        self._unsaved: list[Persist] = []
         self._counts = dict.fromkeys(
             ("claimed", "completed", "compensated", "dead_letter", "lost"), 0
         )
@@ -136,6 +140,7 @@ class SagaWorker:
             _log.warning("saga %s: no definition named %r here", record.saga_id, record.name)
             return record
         machine = SagaMachine(definition, record)
+        self._unsaved = []
         try:
             for _ in range(BATCHES_PER_RUN_MAX):
                 effects = machine.next(self.clock.wall_s())
@@ -143,6 +148,7 @@ class SagaWorker:
                     break
                 while effects:
                     effects = self._perform(machine, definition, effects)
+            self._flush()
         except LeaseLost:
             self._counts["lost"] += 1
             _log.info("saga %s: lease lost; another worker owns it", record.saga_id)
@@ -162,11 +168,9 @@ class SagaWorker:
         out: list[SagaEffect] = []
         for effect in effects:
             if isinstance(effect, Persist):
-                self.store.save(
-                    effect.record, effect.event, now_s=self.clock.wall_s(), lease_s=self.lease_s
-                )
-                self._saved(effect)
+                self._unsaved.append(effect)
                 continue
+            self._flush()  # every transition is durable before the next side effect
             step = definition.steps[effect.step]
             record = machine.record
             ctx = StepContext(
@@ -221,6 +225,20 @@ class SagaWorker:
             if step.retry is None:
                 return attempt()
             return step.retry.call(attempt)
+
+    def _flush(self) -> None:
+        """Write the transitions not yet saved, as one write of the latest record."""
+        unsaved, self._unsaved = self._unsaved, []
+        if not unsaved:
+            return
+        self.store.save(
+            unsaved[-1].record,
+            [p.event for p in unsaved],
+            now_s=self.clock.wall_s(),
+            lease_s=self.lease_s,
+        )
+        for persist in unsaved:
+            self._saved(persist)
 
     def _saved(self, effect: Persist) -> None:
         status = effect.record.status
