@@ -228,6 +228,7 @@ async def test_sync_lock(tmp_path: Path) -> None:
                     with SyncLock(client, "sync", ttl_s=1.0) as held:
                         tokens.append(held.fencing_token)
                         assert not held.lost.is_set()
+                    assert held.lost.is_set()
             return tokens
 
         tokens = await asyncio.wait_for(asyncio.to_thread(blocking), WAIT_S * 2)

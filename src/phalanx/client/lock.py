@@ -474,7 +474,11 @@ class SyncLock:
         if self._loop is not None:
             raise RuntimeError(f"lock {self.name!r} is already held")
         loop = asyncio.new_event_loop()
-        thread = threading.Thread(target=loop.run_forever, name=f"phalanx-lock-{self.name}")
+        # A daemon: a program that exits without releasing is not kept alive by the lock
+        # (its lease then expires within ttl_s).
+        thread = threading.Thread(
+            target=loop.run_forever, name=f"phalanx-lock-{self.name}", daemon=True
+        )
         thread.start()
         self._loop, self._thread = loop, thread
         try:
@@ -490,6 +494,8 @@ class SyncLock:
         try:
             self._run(self._release())
         finally:
+            if self._held is not None:
+                self._held.lost.set()  # as for Held: no longer held
             self._held = None
             self._stop()
 
