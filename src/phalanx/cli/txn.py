@@ -111,11 +111,15 @@ def recover(
         participants.append(SqliteParticipant(name, path))
     if not participants:
         raise click.BadParameter("give at least one --pg or --sqlite participant")
-    with (
-        SqliteDecisionLog(log_path) as log,
-        Coordinator(coordinator_id, log, participants) as coordinator,  # type: ignore[arg-type]
-    ):
-        report = coordinator.recover()
+    try:
+        with (
+            SqliteDecisionLog(log_path) as log,
+            Coordinator(coordinator_id, log, participants) as coordinator,  # type: ignore[arg-type]
+        ):
+            report = coordinator.recover()
+    finally:
+        for participant in participants:
+            participant.close()  # type: ignore[attr-defined]
     for gid in report.committed:
         click.echo(f"committed {gid}")
     for gid in report.rolled_back:
