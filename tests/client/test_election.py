@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from node_cluster import cluster, endpoint, leader_of
-from phalanx.client import AsyncClient
-from phalanx.client.election import Election, Leader, LeadershipLost
+from phalanx.client import AsyncClient, Client
+from phalanx.client.election import Election, Leader, LeadershipLost, SyncElection
 from phalanx.errors import Timeout
 
 WAIT_S = 10.0
@@ -100,3 +100,27 @@ async def test_campaign_timeout_withdraws_the_candidate(tmp_path: Path) -> None:
             assert leader is not None
             assert (leader.value, leader.token) == (b"two", won.token)
             await second.resign()
+
+
+async def test_sync_election(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as nodes:
+        await leader_of(nodes)
+        endpoints = [endpoint(n) for n in nodes.values()]
+
+        def blocking() -> None:
+            with Client(endpoints) as client, SyncElection(client, "sync", ttl_s=1.0) as first:
+                assert first.leader() is None
+                won = first.campaign(b"one", timeout_s=WAIT_S)
+                first.proclaim(b"uno")
+                leader = first.leader()
+                assert leader is not None
+                assert (leader.value, leader.token) == (b"uno", won.token)
+                assert not won.lost.is_set()
+                with SyncElection(client, "sync", ttl_s=1.0) as second:
+                    first.resign()
+                    assert won.lost.is_set()
+                    again = second.campaign(b"two", timeout_s=WAIT_S)
+                    assert again.token > won.token
+                assert first.leader() is None  # closing resigned
+
+        await asyncio.wait_for(asyncio.to_thread(blocking), WAIT_S * 2)

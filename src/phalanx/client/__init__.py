@@ -4,7 +4,7 @@ configuration. See ``docs/client.md`` and ``docs/coordination.md``."""
 
 from phalanx.client.client import AsyncClient, parse_endpoint
 from phalanx.client.config import ConfigStore, InvalidConfig, Reloader
-from phalanx.client.election import Election, Leader, Leadership, LeadershipLost
+from phalanx.client.election import Election, Leader, Leadership, LeadershipLost, SyncElection
 from phalanx.client.fencing import FencedResource, SqliteFencedResource, StaleToken
 from phalanx.client.lock import Held, LeaseLost, Lock, SyncLock, TooManyContenders
 from phalanx.client.results import GetResult, KeyValue, WatchEvent
@@ -28,6 +28,7 @@ __all__ = [
     "Reloader",
     "SqliteFencedResource",
     "StaleToken",
+    "SyncElection",
     "SyncLock",
     "TooManyContenders",
     "WatchEvent",

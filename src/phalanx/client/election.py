@@ -23,23 +23,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from dataclasses import dataclass
-from typing import Final, cast
+from types import TracebackType
+from typing import TYPE_CHECKING, Final, cast
 
 from phalanx.client.client import AsyncClient
 from phalanx.client.lock import (
     CONTENDERS_MAX,
     TTL_S_DEFAULT,
     Claim,
+    LoopThread,
     TooManyContenders,
     lowest,
     queue_prefix,
+    relay_event,
 )
 from phalanx.client.results import KeyValue, WatchEvent
 from phalanx.errors import Conflict, PhalanxError, Timeout, Unavailable
 from phalanx.kv.commands import Compare, CompareOp, CompareTarget, Put
 from phalanx.kv.errors import Compacted
+
+if TYPE_CHECKING:
+    from phalanx.client.sync import Client
 
 __all__ = [
     "ELECTION_PREFIX",
@@ -48,6 +55,8 @@ __all__ = [
     "Leader",
     "Leadership",
     "LeadershipLost",
+    "SyncElection",
+    "SyncLeadership",
 ]
 
 #: Where elections keep their queues.
@@ -261,3 +270,118 @@ class Election:
         if self._claim is not None:
             stats.update(self._claim.statistics())
         return stats
+
+
+class SyncLeadership:
+    """:class:`Leadership` for :class:`SyncElection`: ``lost`` is a ``threading.Event``."""
+
+    __slots__ = ("key", "lease_id", "lost", "name", "token", "value")
+
+    def __init__(self, leadership: Leadership) -> None:
+        self.name = leadership.name
+        self.value = leadership.value
+        self.token = leadership.token
+        self.key = leadership.key
+        self.lease_id = leadership.lease_id
+        self.lost = threading.Event()
+
+
+class SyncElection:
+    """The blocking form of :class:`Election`, for code without an event loop.
+
+    It runs on its own thread with its own event loop and connection to ``client``'s
+    endpoints (a :class:`~phalanx.client.lock.LoopThread`), from first use to
+    :meth:`close` (or the end of ``with``), which also resigns.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        name: str,
+        *,
+        ttl_s: float = TTL_S_DEFAULT,
+        prefix: bytes = ELECTION_PREFIX,
+        contenders_max: int = CONTENDERS_MAX,
+    ) -> None:
+        queue_prefix(prefix, name)  # fail now on a bad name
+        self.name = name
+        self.ttl_s = ttl_s
+        self.prefix = prefix
+        self.contenders_max = contenders_max
+        self._thread = LoopThread(client.aio.endpoints, f"phalanx-election-{name}")
+        self._election: Election | None = None
+        self._relay: asyncio.Task[None] | None = None
+        self._leadership: SyncLeadership | None = None
+
+    @property
+    def leadership(self) -> SyncLeadership | None:
+        return self._leadership
+
+    def campaign(self, value: bytes, *, timeout_s: float | None = None) -> SyncLeadership:
+        """Block until elected (see :meth:`Election.campaign`)."""
+        return self._thread.run(self._campaign(self._started(), value, timeout_s))
+
+    def proclaim(self, value: bytes) -> None:
+        self._thread.run(self._started().proclaim(value))
+        if self._leadership is not None:
+            self._leadership.value = value
+
+    def resign(self) -> None:
+        self._thread.run(self._resign(self._started()))
+
+    def leader(self) -> Leader | None:
+        return self._thread.run(self._started().leader())
+
+    def close(self) -> None:
+        """Resign if leading or campaigning, and stop the thread."""
+        election = self._election
+        try:
+            if election is not None and self._thread.running:
+                with contextlib.suppress(RuntimeError, PhalanxError):  # nothing to resign
+                    self._thread.run(self._resign(election))
+        finally:
+            self._election = None
+            self._thread.stop()
+
+    def _started(self) -> Election:
+        if self._election is None:
+            self._thread.start()
+            self._election = Election(
+                self._thread.client,
+                self.name,
+                ttl_s=self.ttl_s,
+                prefix=self.prefix,
+                contenders_max=self.contenders_max,
+            )
+        return self._election
+
+    async def _campaign(
+        self, election: Election, value: bytes, timeout_s: float | None
+    ) -> SyncLeadership:
+        leadership = await election.campaign(value, timeout_s=timeout_s)
+        self._leadership = SyncLeadership(leadership)
+        self._relay = asyncio.create_task(relay_event(leadership.lost, self._leadership.lost))
+        return self._leadership
+
+    async def _resign(self, election: Election) -> None:
+        relay, self._relay = self._relay, None
+        if relay is not None:
+            relay.cancel()
+            await asyncio.gather(relay, return_exceptions=True)
+        leadership, self._leadership = self._leadership, None
+        try:
+            await election.resign()
+        finally:
+            if leadership is not None:
+                leadership.lost.set()  # as for Leadership: no longer leading
+
+    def __enter__(self) -> SyncElection:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -59,11 +59,13 @@ __all__ = [
     "Held",
     "LeaseLost",
     "Lock",
+    "LoopThread",
     "SyncHeld",
     "SyncLock",
     "TooManyContenders",
     "predecessor",
     "queue_prefix",
+    "relay_event",
 ]
 
 _log = logging.getLogger(__name__)
@@ -422,6 +424,67 @@ class Lock:
             _log.warning("lock %r: release failed: %s", self.name, release_error)
 
 
+class LoopThread:
+    """An event loop on a daemon thread, with its own ``AsyncClient`` of ``endpoints``.
+
+    The blocking recipes run their asyncio forms here, so that leases are renewed while the
+    caller's thread is busy. A daemon thread: a program that exits without releasing is not
+    kept alive by it (the lease then expires within its TTL).
+    """
+
+    def __init__(self, endpoints: Sequence[str | tuple[str, int]], name: str) -> None:
+        self.endpoints = list(endpoints)
+        self.name = name
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._client: AsyncClient | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._loop is not None
+
+    @property
+    def client(self) -> AsyncClient:
+        if self._client is None:
+            raise RuntimeError(f"{self.name}: the thread is not running")
+        return self._client
+
+    def start(self) -> None:
+        if self._loop is not None:
+            return
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name=self.name, daemon=True)
+        thread.start()
+        self._loop, self._thread = loop, thread
+        self._client = AsyncClient(self.endpoints)
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run ``coroutine`` on the thread's loop and wait for its result."""
+        if self._loop is None:
+            coroutine.close()
+            raise RuntimeError(f"{self.name}: the thread is not running")
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def stop(self) -> None:
+        """Close the client, stop the loop and join the thread."""
+        loop, thread, client = self._loop, self._thread, self._client
+        self._loop, self._thread, self._client = None, None, None
+        if loop is None or thread is None:
+            return
+        if client is not None:
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(client.aclose(), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+
+
+async def relay_event(source: asyncio.Event, target: threading.Event) -> None:
+    """Set ``target`` once ``source`` is set (an asyncio event seen from other threads)."""
+    await source.wait()
+    target.set()
+
+
 class SyncHeld:
     """:class:`Held` for :class:`SyncLock`: ``lost`` is a ``threading.Event``."""
 
@@ -439,8 +502,8 @@ class SyncLock:
     """The blocking form of :class:`Lock`, for code without an event loop.
 
     The lease must be renewed while the caller's thread is busy, so the lock runs on its own
-    thread with its own event loop and its own connection to ``client``'s endpoints; the
-    thread lives from :meth:`acquire` to :meth:`release`.
+    thread with its own event loop and its own connection to ``client``'s endpoints (a
+    :class:`LoopThread`); the thread lives from :meth:`acquire` to :meth:`release`.
     """
 
     def __init__(
@@ -453,14 +516,11 @@ class SyncLock:
         contenders_max: int = CONTENDERS_MAX,
     ) -> None:
         queue_prefix(prefix, name)  # fail now on a bad name
-        self.endpoints = list(client.aio.endpoints)
         self.name = name
         self.ttl_s = ttl_s
         self.prefix = prefix
         self.contenders_max = contenders_max
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._client: AsyncClient | None = None
+        self._thread = LoopThread(client.aio.endpoints, f"phalanx-lock-{name}")
         self._lock: Lock | None = None
         self._relay: asyncio.Task[None] | None = None
         self._held: SyncHeld | None = None
@@ -471,53 +531,39 @@ class SyncLock:
 
     def acquire(self, *, timeout_s: float | None = None) -> SyncHeld:
         """Block until the lock is held (see :meth:`Lock.acquire`)."""
-        if self._loop is not None:
+        if self._thread.running:
             raise RuntimeError(f"lock {self.name!r} is already held")
-        loop = asyncio.new_event_loop()
-        # A daemon: a program that exits without releasing is not kept alive by the lock
-        # (its lease then expires within ttl_s).
-        thread = threading.Thread(
-            target=loop.run_forever, name=f"phalanx-lock-{self.name}", daemon=True
-        )
-        thread.start()
-        self._loop, self._thread = loop, thread
+        self._thread.start()
         try:
-            return self._run(self._acquire(timeout_s))
+            return self._thread.run(self._acquire(timeout_s))
         except BaseException:
-            self._stop()
+            self._thread.stop()
             raise
 
     def release(self) -> None:
         """Give the lock up and stop the lock's thread."""
-        if self._loop is None:
+        if not self._thread.running:
             raise RuntimeError(f"lock {self.name!r} is not held")
         try:
-            self._run(self._release())
+            self._thread.run(self._release())
         finally:
             if self._held is not None:
                 self._held.lost.set()  # as for Held: no longer held
-            self._held = None
-            self._stop()
+            self._held, self._lock = None, None
+            self._thread.stop()
 
     async def _acquire(self, timeout_s: float | None) -> SyncHeld:
-        self._client = AsyncClient(self.endpoints)
         self._lock = Lock(
-            self._client,
+            self._thread.client,
             self.name,
             ttl_s=self.ttl_s,
             prefix=self.prefix,
             contenders_max=self.contenders_max,
         )
         held = await self._lock.acquire(timeout_s=timeout_s)
-        synced = SyncHeld(held)
-        self._held = synced
-
-        async def relay() -> None:
-            await held.lost.wait()
-            synced.lost.set()
-
-        self._relay = asyncio.create_task(relay())
-        return synced
+        self._held = SyncHeld(held)
+        self._relay = asyncio.create_task(relay_event(held.lost, self._held.lost))
+        return self._held
 
     async def _release(self) -> None:
         relay, self._relay = self._relay, None
@@ -526,23 +572,6 @@ class SyncLock:
             await asyncio.gather(relay, return_exceptions=True)
         if self._lock is not None and self._lock.held is not None:
             await self._lock.release()
-
-    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        if self._loop is None:
-            raise RuntimeError(f"lock {self.name!r}: its thread is not running")
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
-
-    def _stop(self) -> None:
-        loop, thread, client = self._loop, self._thread, self._client
-        self._loop, self._thread, self._client, self._lock = None, None, None, None
-        if loop is None or thread is None:
-            return
-        if client is not None:
-            with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(client.aclose(), loop).result()
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join()
-        loop.close()
 
     def __enter__(self) -> SyncHeld:
         return self.acquire()
