@@ -4,6 +4,7 @@ import pytest
 
 from chaos.helpers import FAIL, INFO, Ops
 from phalanx.chaos.bank import check_bank
+from phalanx.chaos.check import check_history
 from phalanx.chaos.history import HistoryError
 from phalanx.chaos.lockcheck import check_lock, holds
 from phalanx.chaos.monotonic import check_monotonic_reads
@@ -146,3 +147,20 @@ def test_monotonic_reads_per_session() -> None:
     h.add(2, "read", 8, 9, output="v1")
     with pytest.raises(HistoryError, match="version"):
         check_monotonic_reads(h.ops)
+
+
+def test_check_history_runs_the_checkers_of_each_model() -> None:
+    lock = _lock(second_token=2, first_release_at=2)
+    checked = check_history(lock.ops, "lock")
+    assert [r.checker for r in checked.results] == ["linearizability", "lock"]
+    assert checked.verdict is Verdict.VALID
+    overlapping = check_history(_lock(second_token=2, first_release_at=6).ops, "lock")
+    assert overlapping.verdict is Verdict.INVALID
+    # Both see it: process 1 acquired while process 0 still held the lock.
+    assert [r.verdict for r in overlapping.results] == [Verdict.INVALID, Verdict.INVALID]
+    reads = Ops()
+    reads.add(0, "read", 0, 1, output=2)
+    reads.add(0, "read", 2, 3, output=1)
+    assert check_history(reads.ops, "monotonic").verdict is Verdict.INVALID
+    with pytest.raises(ValueError, match="unknown model"):
+        check_history(reads.ops, "queue")
