@@ -12,7 +12,8 @@ Sections, top to bottom:
   embedded, when the history is not valid;
 - the nemesis operations, and the tail of every node's log.
 
-At most :data:`POINTS_MAX` operations are drawn in the latency plot (evenly sampled).
+At most :data:`POINTS_MAX` operations are drawn in the latency plot (evenly sampled), and
+:data:`FAULT_ROWS_MAX` windows in the fault timeline.
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ from phalanx.errors import Outcome
 if TYPE_CHECKING:
     from phalanx.chaos.runner import RunResult
 
-__all__ = ["POINTS_MAX", "fault_spans", "render_report", "write_report"]
+__all__ = ["FAULT_ROWS_MAX", "POINTS_MAX", "fault_spans", "render_report", "write_report"]
 
 #: Most operations drawn in the latency plot.
 POINTS_MAX: Final = 20_000
+#: Most fault windows drawn in the fault timeline.
+FAULT_ROWS_MAX: Final = 300
 #: Bytes of each node's log shown at the end of the report.
 LOG_TAIL_BYTES: Final = 6_000
 
@@ -42,6 +45,7 @@ _LEFT: Final = 60
 _RIGHT: Final = 20
 _TOP: Final = 10
 _BOTTOM: Final = 30
+_LABEL_ROOM: Final = 160
 _COLOURS: Final = {
     Outcome.OK: "#2a9d4b",
     Outcome.FAILED: "#e69b00",
@@ -153,7 +157,7 @@ def _svg(height: int, parts: Sequence[str]) -> str:
 
 
 def fault_svg(spans: Sequence[Span], end_s: float) -> str:
-    rows = [s for s in spans if s.kind != "heal"]
+    rows = [s for s in spans if s.kind != "heal"][:FAULT_ROWS_MAX]
     row_h = 18
     height = _TOP + _BOTTOM + row_h * max(1, len(rows))
     parts = _shade([s for s in spans if s.kind == "heal"], end_s, height)
@@ -166,7 +170,12 @@ def fault_svg(spans: Sequence[Span], end_s: float) -> str:
             f'<rect x="{x0:.1f}" y="{y + 2}" width="{max(1.0, x1 - x0):.1f}" '
             f'height="{row_h - 4}" fill="{colour}"><title>{label} '
             f"({span.start_s:.1f}-{span.end_s:.1f} s)</title></rect>"
-            f'<text x="{x1 + 4:.1f}" y="{y + row_h - 5}" font-size="11">{label}</text>'
+            + (
+                f'<text x="{x1 + 4:.1f}" y="{y + row_h - 5}" font-size="11">{label}</text>'
+                if x1 < _WIDTH - _LABEL_ROOM
+                else f'<text x="{x0 - 4:.1f}" y="{y + row_h - 5}" font-size="11" '
+                f'text-anchor="end">{label}</text>'
+            )
         )
     return _svg(height, [*parts, *_time_axis(end_s, height)])
 

@@ -178,6 +178,7 @@ async def _worker(
                 process += options.concurrency
             await asyncio.sleep(min(rng.expovariate(1 / mean_gap_s), 10 * mean_gap_s))
     finally:
+        await workload.stop(client, process, recorder)
         await client.aclose()
         await reader.aclose()
 

@@ -19,6 +19,8 @@ workload      operations                                            checker
               of them all now and then, and a final read
 ``bank``      ``transfer`` between accounts (a txn comparing both   bank (constant
               accounts' mod revisions), ``read`` of every balance   total, no overdraft)
+``lock``      ``acquire`` (output: the fencing token) and           lock model and
+              ``release`` of one :class:`~phalanx.client.lock.Lock`  fencing tokens
 ============  ====================================================  ==================
 
 Reads may go through a second client, ``reader``, that the runner keeps on one member (each
@@ -39,7 +41,8 @@ from typing import Any, Final, Protocol
 
 from phalanx.chaos.history import Recorder
 from phalanx.client import AsyncClient
-from phalanx.errors import Outcome, outcome_of
+from phalanx.client.lock import Lock
+from phalanx.errors import Indeterminate, Outcome, PhalanxError, outcome_of
 from phalanx.kv import Compare, CompareOp, CompareTarget, Put
 
 __all__ = [
@@ -47,6 +50,7 @@ __all__ = [
     "WORKLOADS",
     "BankWorkload",
     "KVWorkload",
+    "LockWorkload",
     "RegisterWorkload",
     "SetWorkload",
     "Workload",
@@ -60,6 +64,9 @@ KV_VALUE_CHARS_MAX: Final = 400
 BANK_ACCOUNTS: Final = 5
 BANK_BALANCE: Final = 20
 BANK_TRANSFER_MAX: Final = 5
+#: The lock workload's lease, and the longest a holder keeps the lock.
+LOCK_TTL_S: Final = 5.0
+LOCK_HOLD_S_MAX: Final = 0.2
 
 
 class CompareFailed(Exception):
@@ -99,6 +106,10 @@ class Workload(Protocol):
 
     async def final(self, client: AsyncClient, process: int, recorder: Recorder) -> Outcome:
         """The final operation(s) after the heal (a read of everything, where it matters)."""
+        ...
+
+    async def stop(self, client: AsyncClient, process: int, recorder: Recorder) -> None:
+        """A client task ends: give up what it holds (recorded like any operation)."""
         ...
 
 
@@ -160,6 +171,9 @@ class _Base:
 
     async def final(self, client: AsyncClient, process: int, recorder: Recorder) -> Outcome:  # noqa: ARG002
         return Outcome.OK
+
+    async def stop(self, client: AsyncClient, process: int, recorder: Recorder) -> None:
+        """Nothing held by default."""
 
 
 class RegisterWorkload(_Base):
@@ -391,11 +405,77 @@ class BankWorkload(_Base):
         return await record(recorder, process, "read", None, read, timeout_s=self.op_timeout_s)
 
 
+class LockWorkload(_Base):
+    """Each client task takes one lock (:class:`phalanx.client.lock.Lock`, on a lease of
+    :data:`LOCK_TTL_S`), holds it a moment, and releases it.
+
+    ``acquire`` returns the fencing token; ``release`` takes it. A release that does not
+    succeed is recorded ``info``: the lease still ends by itself, at some later time.
+    """
+
+    name = "lock"
+    model = "lock"
+
+    def __init__(self, *, op_timeout_s: float = 3.0, keys: int = 1) -> None:
+        super().__init__(op_timeout_s=op_timeout_s, keys=keys)
+        self._locks: dict[int, Lock] = {}
+
+    def _lock(self, client: AsyncClient) -> Lock:
+        lock = self._locks.get(id(client))
+        if lock is None:
+            lock = Lock(client, "chaos-lock", ttl_s=LOCK_TTL_S)
+            self._locks[id(client)] = lock
+        return lock
+
+    async def invoke(
+        self,
+        client: AsyncClient,
+        rng: random.Random,
+        process: int,
+        recorder: Recorder,
+        *,
+        reader: AsyncClient | None = None,  # noqa: ARG002 - the protocol's signature
+    ) -> Outcome:
+        lock = self._lock(client)
+        held = lock.held
+        if held is None:
+
+            async def acquire() -> int:
+                return (await lock.acquire(timeout_s=self.op_timeout_s)).fencing_token
+
+            return await record(
+                recorder, process, "acquire", None, acquire, timeout_s=2 * self.op_timeout_s
+            )
+        await asyncio.sleep(rng.uniform(0.0, LOCK_HOLD_S_MAX))
+        return await self._release(lock, held.fencing_token, process, recorder)
+
+    async def _release(self, lock: Lock, token: int, process: int, recorder: Recorder) -> Outcome:
+        async def release() -> None:
+            try:
+                await lock.release()
+            except PhalanxError as exc:
+                # The lease was not revoked, but it ends by itself later: not a failure.
+                raise Indeterminate(f"release not confirmed: {exc}") from exc
+
+        return await record(
+            recorder, process, "release", token, release, timeout_s=self.op_timeout_s
+        )
+
+    async def final(self, client: AsyncClient, process: int, recorder: Recorder) -> Outcome:  # noqa: ARG002
+        return Outcome.OK
+
+    async def stop(self, client: AsyncClient, process: int, recorder: Recorder) -> None:
+        lock = self._locks.pop(id(client), None)
+        if lock is not None and lock.held is not None:
+            await self._release(lock, lock.held.fencing_token, process, recorder)
+
+
 WORKLOADS: Final[dict[str, type[_Base]]] = {
     "register": RegisterWorkload,
     "kv": KVWorkload,
     "set": SetWorkload,
     "bank": BankWorkload,
+    "lock": LockWorkload,
 }
 
 

@@ -139,7 +139,7 @@ def check(
 
 # -- phalanx chaos run / campaign ------------------------------------------------------------
 
-_RUN_WORKLOADS = ("register", "kv", "set", "bank")
+_RUN_WORKLOADS = ("register", "kv", "set", "bank", "lock")
 _NEMESES = ("partition", "kill", "pause", "restart", "toxic", "membership")
 #: The nemesis sets a campaign cycles through.
 _CAMPAIGN_NEMESES = (
