@@ -243,3 +243,18 @@ def test_operator_compensates_a_running_saga(store: Store) -> None:
     assert record is not None
     assert record.status is SagaStatus.COMPENSATED
     assert services.calls == []  # nothing had run, so nothing to undo
+
+
+def test_the_timeline_keeps_its_newest_events(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from phalanx.txn.saga import store as store_module
+    from phalanx.txn.saga import store_postgres, store_sqlite
+
+    for module in (store_module, store_sqlite, store_postgres):
+        monkeypatch.setattr(module, "EVENTS_PER_SAGA_MAX", 3)
+    worker = SagaWorker(store, [order_saga(Services())], worker_id="w1")
+    worker.start("order", "o-7", {"order": 7})
+    worker.run_until_idle()
+    kinds = [e.kind for e in store.events("o-7")]
+    assert kinds == ["step-started", "step-done", "completed"]  # notify's, then the end

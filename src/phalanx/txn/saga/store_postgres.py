@@ -244,7 +244,8 @@ class PostgresSagaStore:
             (saga_id, event.at_s, event.kind, event.step, event.detail, saga_id),
         ).fetchone()
         assert row is not None  # noqa: S101 - INSERT ... RETURNING always returns the row
-        self._conn.execute(
-            "DELETE FROM phalanx_saga_events WHERE saga_id = %s AND seq <= %s",
-            (saga_id, int(row[0]) - EVENTS_PER_SAGA_MAX),
-        )
+        if int(row[0]) > EVENTS_PER_SAGA_MAX:  # trim only once there is something to trim
+            self._conn.execute(
+                "DELETE FROM phalanx_saga_events WHERE saga_id = %s AND seq <= %s",
+                (saga_id, int(row[0]) - EVENTS_PER_SAGA_MAX),
+            )

@@ -278,10 +278,11 @@ class SqliteSagaStore:
             "INSERT INTO saga_events VALUES (?, ?, ?, ?, ?, ?)",
             (saga_id, seq, event.at_s, event.kind, event.step, event.detail),
         )
-        conn.execute(
-            "DELETE FROM saga_events WHERE saga_id = ? AND seq <= ?",
-            (saga_id, seq - EVENTS_PER_SAGA_MAX),
-        )
+        if seq > EVENTS_PER_SAGA_MAX:  # trim only once there is something to trim
+            conn.execute(
+                "DELETE FROM saga_events WHERE saga_id = ? AND seq <= ?",
+                (saga_id, seq - EVENTS_PER_SAGA_MAX),
+            )
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
