@@ -236,11 +236,6 @@ async def test_sync_lock(tmp_path: Path) -> None:
         assert tokens[0] < tokens[1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Client.range lacks AsyncClient.range's keys_only and count_only (docs/client.md "
-    "says both have the same methods); the blocking lock works around it with its own loop",
-)
 def test_the_blocking_client_range_takes_the_async_options() -> None:
     blocking = set(inspect.signature(Client.range).parameters)
     asynchronous = set(inspect.signature(AsyncClient.range).parameters)

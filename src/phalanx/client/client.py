@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import AsyncIterator, Iterable, Sequence
 from ssl import SSLContext
 from typing import Final
@@ -14,10 +13,12 @@ from phalanx.errors import (
     BadRequest,
     Indeterminate,
     NotLeader,
+    Outcome,
     PhalanxError,
     Rejected,
     Timeout,
     Unavailable,
+    outcome_of,
 )
 from phalanx.kv.commands import (
     Command,
@@ -63,6 +64,9 @@ REQUEST_TIMEOUT_S: Final = 6.0
 CONNECT_TIMEOUT_S: Final = 1.0
 #: The whole call, retries included.
 TOTAL_TIMEOUT_S: Final = 15.0
+#: Writes of one session in flight at once, counted from the oldest unanswered one; below
+#: the state machine's ``session_responses_max`` (64 by default).
+SESSION_WINDOW: Final = 32
 #: Times a watch re-subscribes after losing its node before giving up.
 WATCH_RESUMES_MAX: Final = 1000
 
@@ -115,6 +119,7 @@ class AsyncClient:
         self._leader: Address | None = None
         self._turn = 0
         self._connections: dict[Address, Connection] = {}
+        self._dialling: dict[Address, asyncio.Lock] = {}
         common = {
             "attempts_max": attempts_max,
             "base_delay_s": 0.02,
@@ -135,15 +140,21 @@ class AsyncClient:
         # Session state: the id the cluster gave us, the next sequence number, the numbers
         # still awaiting an answer (everything below the smallest was answered).
         self._client_id = 0
-        self._seqs = itertools.count(1)
+        self._next_seq = 1
         self._outstanding: set[int] = set()
+        self._window = asyncio.Condition()
         self._session_lock = asyncio.Lock()
+        self._total_timeout_s = total_timeout_s
         self._closed = False
 
     @property
     def leader(self) -> Address | None:
         """The client address of the node believed to lead, or None."""
         return self._leader
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     @property
     def session_id(self) -> int:
@@ -328,14 +339,48 @@ class AsyncClient:
             )
             return _result_of(response)
         await self._open_session()
-        seq = next(self._seqs)
-        self._outstanding.add(seq)
+        seq = await self._take_seq()
+        session = self._client_id
         first = [True]
         try:
             response = await self._session_retry.acall(self._session_attempt, command, seq, first)
+        except PhalanxError as exc:
+            if not first[0] and outcome_of(exc) is Outcome.FAILED:
+                # The last attempt failed cleanly, but an earlier one was sent and never
+                # answered: it may have been applied, so the write's outcome is unknown.
+                raise Indeterminate(
+                    f"write {seq} of session {session} was sent without an answer before "
+                    f"the retries ran out ({exc}); it may have been applied"
+                ) from exc
+            raise
         finally:
-            self._outstanding.discard(seq)
+            async with self._window:
+                if self._client_id == session:  # a reopened session numbers afresh
+                    self._outstanding.discard(seq)
+                self._window.notify_all()
         return _result_of(response)
+
+    async def _take_seq(self) -> int:
+        """The next sequence number, once it is within ``SESSION_WINDOW`` of the oldest one
+        still unanswered: the state machine keeps only so many unacknowledged answers per
+        session, so a slow request holds the newer ones back instead of failing them."""
+
+        def open_window() -> bool:
+            oldest = min(self._outstanding, default=self._next_seq)
+            return self._next_seq - oldest < SESSION_WINDOW
+
+        try:
+            async with asyncio.timeout(self._budget_s(self._total_timeout_s)), self._window:
+                await self._window.wait_for(open_window)
+                seq = self._next_seq
+                self._next_seq += 1
+                self._outstanding.add(seq)
+                return seq
+        except TimeoutError:
+            raise Unavailable(
+                f"{SESSION_WINDOW} earlier writes of this client are still unanswered; "
+                "nothing was sent"
+            ) from None
 
     async def _session_attempt(
         self, command: Command, seq: int, first: list[bool]
@@ -377,7 +422,7 @@ class AsyncClient:
             result = _result_of(response)
             assert isinstance(result, SessionResult)  # noqa: S101
             self._client_id = result.client_id
-            self._seqs = itertools.count(1)
+            self._next_seq = 1
             self._outstanding.clear()
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -419,12 +464,21 @@ class AsyncClient:
         connection = self._connections.get(address)
         if connection is not None and connection.usable:
             return connection
-        if connection is not None:
-            await connection.aclose()
-        connection = Connection(address, ssl=self._ssl)
-        await connection.connect(self._budget_s(self.connect_timeout_s))
-        self._connections[address] = connection
-        return connection
+        # One dial per address at a time: concurrent first calls share the connection.
+        lock = self._dialling.setdefault(address, asyncio.Lock())
+        async with lock:
+            connection = self._connections.get(address)
+            if connection is not None and connection.usable:
+                return connection
+            if connection is not None:
+                await connection.aclose()
+            connection = Connection(address, ssl=self._ssl)
+            await connection.connect(self._budget_s(self.connect_timeout_s))
+            if self.closed:  # closed while this call was dialling
+                await connection.aclose()
+                raise RuntimeError("the client is closed")
+            self._connections[address] = connection
+            return connection
 
     async def _attempt(self, request: ClientRequest, *, to_leader: bool = True) -> ClientResponse:
         address = self._target()

@@ -68,6 +68,8 @@ class Client:
         prefix: bool = False,
         revision: int = 0,
         limit: int = 0,
+        keys_only: bool = False,
+        count_only: bool = False,
         linearizable: bool = True,
     ) -> GetResult:
         return self._runner.run(
@@ -77,6 +79,8 @@ class Client:
                 prefix=prefix,
                 revision=revision,
                 limit=limit,
+                keys_only=keys_only,
+                count_only=count_only,
                 linearizable=linearizable,
             )
         )

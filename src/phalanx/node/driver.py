@@ -92,6 +92,9 @@ SNAPSHOT_KEEP_ENTRIES = 2_000
 #: Proposals one node may have waiting for their entries to apply; beyond it new writes
 #: are refused with ``Unavailable`` (nothing proposed) instead of queueing without bound.
 PENDING_PROPOSALS_MAX = 10_000
+#: The shortest wait for a leadership transfer when a leader closes (two election timeouts
+#: otherwise): a busy machine may need more than a fast tick's election timeout.
+TRANSFER_ON_CLOSE_S_MIN = 1.0
 _NO_EXPIRY = 1 << 62
 
 
@@ -184,6 +187,7 @@ class RaftNode:
         self._term = 0
         self._expire_index = _NO_EXPIRY  # the index of the LeaseExpire proposal in flight
         self._snapshot_index = 0
+        self._durable_vote = (0, 0)  # the (term, vote) last fsynced
         self._snapshot_lock = asyncio.Lock()
         #: The commit index learned from the first leader heard of (readiness: applied to it).
         self.startup_commit_index: int | None = None
@@ -231,6 +235,8 @@ class RaftNode:
             DiskStorage, self.data_dir, ConfState(voters=voters), limits=self._storage_limits
         )
         self._storage = storage
+        hard, _ = storage.initial_state()
+        self._durable_vote = (hard.term, hard.vote)
         snapshot = storage.snapshot()
         if snapshot.meta.index > 0:
             self.store.restore(snapshot.data)
@@ -286,7 +292,7 @@ class RaftNode:
         if self._transfer_on_close and self._runner is not None and not self._closed:
             with contextlib.suppress(PhalanxError, RuntimeError):
                 self.handed_over_to = await self.transfer_leadership(
-                    timeout_s=self._election_timeout_s()
+                    timeout_s=max(2 * self._election_timeout_s(), TRANSFER_ON_CLOSE_S_MIN)
                 )
         self._closed = True
         server, self._client_server = self._client_server, None
@@ -318,7 +324,7 @@ class RaftNode:
 
     def leader_client_address(self) -> tuple[int, Address | None]:
         """The leader's id (0 if unknown) and its client address, when this node knows it."""
-        leader = self._core().status().leader
+        leader = self._core().leader
         return leader, self._members.client_address(leader) if leader != NONE else None
 
     def status(self) -> Status:
@@ -346,11 +352,11 @@ class RaftNode:
     @property
     def leader_id(self) -> int:
         """The leader this node knows of, or 0."""
-        return self._core().status().leader
+        return self._core().leader
 
     @property
     def is_leader(self) -> bool:
-        return self._core().status().role == Role.LEADER
+        return self._core().role == Role.LEADER
 
     @property
     def started(self) -> bool:
@@ -429,7 +435,7 @@ class RaftNode:
             node.propose(encode_proposal(proposal, self.store.limits))
         except ProposalDropped:
             return
-        self._expire_index = node.status().last_index
+        self._expire_index = node.last_index
         self.observer.on_proposal("lease_expire")
 
     # -- the Ready loop -----------------------------------------------------------------------
@@ -446,11 +452,22 @@ class RaftNode:
     async def _handle(self, node: RawNode, ready: Ready) -> None:
         storage = self._core_storage()
         transport = self._core_transport()
-        # 1. Persist: one save, one fsync, off the event loop.
-        if ready.hard_state is not None or ready.entries or ready.snapshot is not None:
+        # 1. Persist: one save, one fsync, off the event loop. A save that only moves the
+        # commit index is written without an fsync (etcd's MustSync): a lost commit index
+        # is learned again, while a lost term, vote or entry could break safety.
+        hard = ready.hard_state
+        if hard is not None or ready.entries or ready.snapshot is not None:
+            sync = (
+                bool(ready.entries)
+                or ready.snapshot is not None
+                or (hard is not None and (hard.term, hard.vote) != self._durable_vote)
+            )
             began = time.perf_counter()
-            await asyncio.to_thread(storage.save, ready.hard_state, ready.entries, ready.snapshot)
-            self.observer.on_persist(time.perf_counter() - began, len(ready.entries))
+            await asyncio.to_thread(storage.save, hard, ready.entries, ready.snapshot, sync=sync)
+            if hard is not None:
+                self._durable_vote = (hard.term, hard.vote)
+            if sync:
+                self.observer.on_persist(time.perf_counter() - began, len(ready.entries))
         # 2. Send, now that what the messages promise is durable.
         for message in ready.messages:
             self.faults.send(message.dst, transport.send, message)
@@ -486,7 +503,7 @@ class RaftNode:
         if members_changed:
             self._sync_members()
         if ready.committed_entries or ready.snapshot is not None:
-            self.observer.on_apply(node.status().commit, self.store.applied_index)
+            self.observer.on_apply(node.commit_index, self.store.applied_index)
             self._notify_applied()
 
     def _on_soft_state(self, node: RawNode, soft: SoftState) -> None:
@@ -501,7 +518,7 @@ class RaftNode:
             # before this leader's clock can expire any (the renewal is applied first).
             with contextlib.suppress(ProposalDropped):
                 node.propose(encode_proposal(Proposal(LeaseRenewAll(), _now_ms())))
-                self._expire_index = node.status().last_index
+                self._expire_index = node.last_index
         if was_leader and soft.role != Role.LEADER:
             self._expire_index = _NO_EXPIRY
             self._fail_proposals(
@@ -620,7 +637,7 @@ class RaftNode:
     # -- client API ---------------------------------------------------------------------------
 
     def _hint(self) -> dict[str, str | None]:
-        leader = self._core().status().leader
+        leader = self._core().leader
         return {"leader_hint": str(leader) if leader != NONE else None}
 
     def _check_open(self) -> RawNode:
@@ -629,10 +646,9 @@ class RaftNode:
         return self._core()
 
     def _check_leader(self, node: RawNode) -> None:
-        status = node.status()
-        if status.role == Role.LEADER:
+        if node.role == Role.LEADER:
             return
-        if status.leader == NONE:
+        if node.leader == NONE:
             raise NoQuorum(
                 f"node {self.id} knows no leader: it cannot reach a quorum (partitioned, "
                 "or an election is under way); nothing was proposed"
@@ -682,10 +698,9 @@ class RaftNode:
         return response
 
     async def _wait_entry(self, node: RawNode, timeout_s: float | None) -> Response:
-        status = node.status()
-        index = status.last_index
+        index = node.last_index
         future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
-        self._proposals[index] = (status.term, future)
+        self._proposals[index] = (node.term, future)
         self._wake.set()
         try:
             async with asyncio.timeout(self._timeout(timeout_s)):

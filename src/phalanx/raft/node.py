@@ -98,6 +98,29 @@ class RawNode:
     def id(self) -> int:
         return self._raft.id
 
+    # Cheap views of the volatile state, for a driver's hot path (``status()`` builds a
+    # whole snapshot, progress of every peer included).
+
+    @property
+    def role(self) -> Role:
+        return self._raft.role
+
+    @property
+    def leader(self) -> int:
+        return self._raft.lead
+
+    @property
+    def term(self) -> int:
+        return self._raft.term
+
+    @property
+    def last_index(self) -> int:
+        return self._raft.log.last_index()
+
+    @property
+    def commit_index(self) -> int:
+        return self._raft.log.committed
+
     # -- inputs ----------------------------------------------------------------------------
 
     def tick(self) -> None:

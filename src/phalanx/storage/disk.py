@@ -320,6 +320,8 @@ class DiskStorage:
         hard_state: HardState | None = None,
         entries: Sequence[Entry] = (),
         snapshot: Snapshot | None = None,
+        *,
+        sync: bool = True,
     ) -> None:
         """Persist one Ready: install ``snapshot``, append ``entries``, set ``hard_state``.
 
@@ -327,7 +329,13 @@ class DiskStorage:
         one batch (``batch_entries_max``), plus the snapshot file's own fsyncs when there is
         a snapshot. Breaking a rule of the log raises ``InvariantViolation`` before anything
         is written; an entry too large for a record raises ``TooLarge``.
+
+        ``sync=False`` is for a save that only moves the commit index (no entries, no
+        snapshot, a hard state whose term and vote are already durable; etcd's MustSync
+        rule): it is written but not fsynced, so a crash may lose it, and a lost commit
+        index is learned again from the leader. With entries or a snapshot it is ignored.
         """
+        durable = sync or bool(entries) or snapshot is not None
         with self._write_lock:
             self._check_save(entries, snapshot)
             chunks = self._encode_entries(entries)
@@ -346,7 +354,7 @@ class DiskStorage:
             if hard_state is not None:
                 batches[-1].append((hard_state, RecordType.HARD_STATE, _encoder.encode(hard_state)))
             for position, batch in enumerate(batches):
-                self._write(batch, snapshot if position == 0 else None)
+                self._write(batch, snapshot if position == 0 else None, durable=durable)
             self._saves += 1
             if snapshot is not None:
                 self._snapshots.remove_except(snapshot.meta)
@@ -438,13 +446,15 @@ class DiskStorage:
             start = end
         return records
 
-    def _write(self, batch: list[_Write], snapshot: Snapshot | None) -> None:
+    def _write(
+        self, batch: list[_Write], snapshot: Snapshot | None, *, durable: bool = True
+    ) -> None:
         """Append ``batch`` to the log, sync once, then make it visible to readers."""
         if not batch:
             return
         for _, kind, payload in batch:
             self._wal.append(kind, payload)
-        segment = self._wal.sync()
+        segment = self._wal.sync(durable=durable)
         with self._lock:
             for change, _, _ in batch:
                 self._log.apply(change)

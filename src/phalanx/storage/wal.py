@@ -257,8 +257,11 @@ class Wal:
         self._pending.append(frame)
         self._pending_bytes += len(frame)
 
-    def sync(self) -> int:
+    def sync(self, *, durable: bool = True) -> int:
         """Write the buffered records and fsync once; return the segment they went to.
+
+        ``durable=False`` writes without the fsync (a later fsync makes it durable); a write
+        that starts a new segment is always fsynced.
 
         On any I/O error the log refuses further use: after a failed fsync the kernel may
         have dropped the dirty pages, so what is on disk is unknown until the log is reopened.
@@ -273,7 +276,7 @@ class Wal:
                 data = self._roll() + data
                 created = True
             _write_all(self._fd, data)
-            if self._limits.fsync:
+            if self._limits.fsync and (durable or created):
                 os.fdatasync(self._fd)
             if created:
                 fsync_directory(self._directory)
