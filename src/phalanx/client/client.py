@@ -35,7 +35,7 @@ from phalanx.kv.commands import (
     TxnOp,
     prefix_end,
 )
-from phalanx.kv.errors import Compacted, SessionExpired
+from phalanx.kv.errors import Compacted, SessionExpired, TooManyWatchers
 from phalanx.kv.responses import (
     DeleteResult,
     LeaseGrantResult,
@@ -506,14 +506,14 @@ class AsyncClient:
 
 def _watch_response(item: ClientResponse | BaseException) -> ClientResponse:
     """A watch's next response; a lost node raises ``Unavailable`` (the watch moves on),
-    ``Compacted`` and other rejections end the watch."""
+    ``Compacted``, ``TooManyWatchers`` and other rejections end the watch."""
     if isinstance(item, BaseException):
         raise Unavailable(str(item))
     if item.error is None:
         return item
     error = error_from_body(item.error)
-    if isinstance(error, Compacted | Rejected):
-        raise error
+    if isinstance(error, Compacted | Rejected | TooManyWatchers):
+        raise error  # the watch is refused or its history is gone: moving on cannot help
     raise Unavailable(str(error))
 
 
