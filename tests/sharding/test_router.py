@@ -312,3 +312,17 @@ async def test_a_fenced_shard_without_a_newer_map_delays_the_call_within_its_bou
         assert sum(clock.sleeps_s[:-1]) < 0.1
     finally:
         await router.close()
+
+
+async def test_open_streams_per_shard_are_bounded(urls: dict[str, str]) -> None:
+    router = await make_router(urls, batch_rows=2, streams_per_shard=1, queue_per_shard=0)
+    try:
+        query = Select("orders", ("id",), order_by=(("id", "asc"),))
+        holding = router.iter_select(query)
+        assert await anext(holding) == (1,)  # every shard's stream is now open
+        with pytest.raises(ShardUnavailable, match="full"):
+            await router.select(query)
+        await holding.aclose()
+        assert len((await router.select(query)).rows) == len(ORDERS)  # the slots came back
+    finally:
+        await router.close()

@@ -5,7 +5,8 @@
 that shard's :class:`~phalanx.resilience.Bulkhead` (at most ``concurrent_per_shard`` calls at
 once, ``queue_per_shard`` more waiting up to ``queue_wait_s``) and a
 :class:`~phalanx.resilience.TimeLimiter` of ``timeout_s``: one slow shard cannot take every
-caller with it.
+caller with it. A streamed :meth:`Router.select` holds one connection per shard for its whole
+length, so streams have a bulkhead of their own (``streams_per_shard``).
 
 Outcomes. A single-shard write that times out is INDETERMINATE (:class:`~phalanx.errors.Timeout`
 propagates: it may have committed). A shard that is down, full, or too slow for a *read* is
@@ -132,6 +133,7 @@ class Router:
         stale_wait_s: float = 5.0,
         load_tracker: LoadTracker | None = None,
         cross_shard: CrossShardWriter | None = None,
+        streams_per_shard: int = 4,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         if policy not in POLICIES:
@@ -143,6 +145,8 @@ class Router:
         self.stale_wait_s = stale_wait_s
         self.load_tracker = load_tracker
         self.cross_shard = cross_shard
+        self.streams_per_shard = streams_per_shard
+        self._stream_bulkheads: dict[str, Bulkhead] = {}
         self._backends = dict(backends)
         self._reload = reload
         self._clock = clock
@@ -422,25 +426,49 @@ class Router:
             for stream in streams:
                 await stream.aclose()
 
+    def _stream_slot(self, shard: str) -> Bulkhead:
+        slot = self._stream_bulkheads.get(shard)
+        if slot is None:
+            slot = Bulkhead(
+                max_concurrent=self.streams_per_shard,
+                max_queue=self._queue_per_shard,
+                max_wait_s=self._queue_wait_s,
+                name=f"shard-{shard}-streams",
+                clock=self._clock,
+            )
+            self._stream_bulkheads[shard] = slot
+        return slot
+
     async def _shard_stream(
         self, shard: str, sql: str, params: Sequence[Any], guard: Guard, lost: dict[str, str]
     ) -> AsyncGenerator[list[Row], None]:
-        source = self._backends[shard].stream(sql, params, guard, batch_rows=self.batch_rows)
-        try:
-            while True:
-                try:
-                    batch = await self._call(shard, lambda: anext(source, None), read=True)
-                except _SHARD_FAULTS as exc:
-                    if self.policy == "fail":
-                        raise
-                    lost[shard] = str(exc)
-                    return
-                if batch is None:
-                    return
-                yield batch
-        finally:
-            with contextlib.suppress(PhalanxError, *_unreachable()):
-                await source.aclose()
+        async with contextlib.AsyncExitStack() as stack:
+            # A stream holds a connection for its whole length: at most streams_per_shard.
+            try:
+                await stack.enter_async_context(self._stream_slot(shard))
+            except BulkheadFull as exc:
+                self._failures[shard] += 1
+                error = ShardUnavailable(f"shard {shard!r}: {exc}", shard=shard)
+                if self.policy == "fail":
+                    raise error from exc
+                lost[shard] = str(error)
+                return
+            source = self._backends[shard].stream(sql, params, guard, batch_rows=self.batch_rows)
+            try:
+                while True:
+                    try:
+                        batch = await self._call(shard, lambda: anext(source, None), read=True)
+                    except _SHARD_FAULTS as exc:
+                        if self.policy == "fail":
+                            raise
+                        lost[shard] = str(exc)
+                        return
+                    if batch is None:
+                        return
+                    yield batch
+            finally:
+                with contextlib.suppress(PhalanxError, *_unreachable()):
+                    await source.aclose()
 
     # -- statistics -------------------------------------------------------------------------
 
