@@ -185,9 +185,19 @@ CRASH_POINTS = [
 ]
 
 
-@pytest.mark.parametrize("point", CRASH_POINTS)
-async def test_a_crash_at_any_step_resumes_to_the_same_end(point: str, tmp_path: Path) -> None:
-    urls = shard_urls("sqlite", ["s0", "s1", "s2"], tmp_path, None)
+@pytest.mark.parametrize(
+    ("kind", "point"),
+    [
+        *(("sqlite", p) for p in CRASH_POINTS),
+        ("postgres", "copy-batch"),
+        ("postgres", "cutover-fenced"),
+    ],
+)
+async def test_a_crash_at_any_step_resumes_to_the_same_end(
+    kind: str, point: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    make_pg = request.getfixturevalue("make_pg_database") if kind == "postgres" else None
+    urls = shard_urls(kind, ["s0", "s1", "s2"], tmp_path, make_pg)
     old_map, backends, _ = await seeded(urls, ["s0", "s1"], 300)
     expected = {i: (i, f"user:{i % 97}", 100 + i) for i in range(300)}
     maps = MemoryMapStore(old_map)
