@@ -114,10 +114,20 @@ class RunOptions(msgspec.Struct, kw_only=True):
             "--rate",
             f"{self.rate_hz:g}",
             *(["--client-retries"] if self.client_retries else []),
+            *(
+                ["--recovery", f"{self.recovery_s:g}"]
+                if self.recovery_s != _DEFAULTS.recovery_s
+                else []
+            ),
+            *(["--tick-ms", str(self.tick_ms)] if self.tick_ms != _DEFAULTS.tick_ms else []),
+            *([] if self.fsync else ["--no-fsync"]),
             "--out",
             str(out),
         ]
         return shlex.join(argv)
+
+
+_DEFAULTS: Final = RunOptions()
 
 
 class RunResult(msgspec.Struct, kw_only=True):

@@ -169,7 +169,13 @@ def _exit_code(verdict: Verdict) -> int:
 
 def _run_common(function: Callable[..., None]) -> Callable[..., None]:
     options = [
-        click.option("--nodes", type=click.IntRange(1, 9), default=3, show_default=True),
+        click.option(
+            "--nodes",
+            type=click.IntRange(1, 9),
+            default=3,
+            show_default=True,
+            help="Members of the local cluster (3 or 5 make sense).",
+        ),
         click.option(
             "--time-limit",
             "time_limit_s",
@@ -178,7 +184,13 @@ def _run_common(function: Callable[..., None]) -> Callable[..., None]:
             show_default=True,
             help="Seconds of workload under faults (then heal, recovery, final reads).",
         ),
-        click.option("--concurrency", type=click.IntRange(1, 64), default=5, show_default=True),
+        click.option(
+            "--concurrency",
+            type=click.IntRange(1, 64),
+            default=5,
+            show_default=True,
+            help="Client tasks, each with its own clients.",
+        ),
         click.option(
             "--rate",
             "rate_hz",
@@ -195,7 +207,13 @@ def _run_common(function: Callable[..., None]) -> Callable[..., None]:
             show_default=True,
             help="Seconds of calm after the final heal, before the final reads.",
         ),
-        click.option("--tick-ms", type=click.IntRange(1, 1000), default=20, show_default=True),
+        click.option(
+            "--tick-ms",
+            type=click.IntRange(1, 1000),
+            default=20,
+            show_default=True,
+            help="The nodes' Raft tick (elections after 10 to 20 ticks).",
+        ),
         click.option(
             "--fsync/--no-fsync",
             default=True,
@@ -332,7 +350,7 @@ def campaign(
         "faults",
         "s",
     ):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     verdicts: list[Verdict] = []
     rows: list[dict[str, Any]] = []
     for n in range(runs):
