@@ -129,3 +129,52 @@ def test_results_out_of_order_are_invariant_violations() -> None:
         m.on_compensation_done(1.0)
     with pytest.raises(ValueError, match="distinct"):
         SagaDefinition("x", [Step("a", noop), Step("a", noop)])
+
+
+def grouped() -> SagaMachine:
+    steps = [
+        Step("order", noop, noop),
+        Step("reserve", noop, noop, group="prepare"),
+        Step("quote", noop, noop, group="prepare"),
+        Step("ship", noop, noop),
+    ]
+    record = SagaRecord("g1", "grouped", SagaStatus.RUNNING, 0, {}, deadline_s=100.0)
+    return SagaMachine(SagaDefinition("grouped", steps), record)
+
+
+def test_a_parallel_group_starts_together_and_ends_when_all_are_done() -> None:
+    m = grouped()
+    run(m)
+    m.on_action_done(None, 1.0)
+    effects = m.next(1.0)
+    assert effects[1:] == [RunAction(1, "g1:reserve"), RunAction(2, "g1:quote")]
+    m.on_action_done("r", 1.0, step=2)
+    assert m.record.step == 1  # the group is not done yet
+    # A crash now: only the unfinished member runs again.
+    m = SagaMachine(m.definition, m.record)
+    assert m.next(1.0)[1:] == [RunAction(1, "g1:reserve")]
+    m.on_action_done("q", 1.0, step=1)
+    assert m.record.step == 3
+    assert run(m) == RunAction(3, "g1:ship")
+
+
+def test_a_failed_member_compensates_the_whole_group_and_before() -> None:
+    m = grouped()
+    run(m)
+    m.on_action_done(None, 1.0)
+    m.next(1.0)
+    m.on_action_done("r", 1.0, step=1)
+    m.on_action_failed("no quote", applied=False, now_s=1.0, step=2)
+    keys = []
+    while (effect := run(m)) is not None:
+        assert isinstance(effect, RunCompensation)
+        keys.append(effect.key)
+        m.on_compensation_done(1.0)
+    assert keys == ["g1:quote:compensate", "g1:reserve:compensate", "g1:order:compensate"]
+
+
+def test_group_members_must_be_consecutive() -> None:
+    with pytest.raises(ValueError, match="consecutive"):
+        SagaDefinition(
+            "x", [Step("a", noop, group="g"), Step("b", noop), Step("c", noop, group="g")]
+        )

@@ -258,3 +258,32 @@ def test_the_timeline_keeps_its_newest_events(
     worker.run_until_idle()
     kinds = [e.kind for e in store.events("o-7")]
     assert kinds == ["step-started", "step-done", "completed"]  # notify's, then the end
+
+
+def test_a_parallel_group_runs_its_steps_at_the_same_time(store: Store) -> None:
+    both_running = threading.Barrier(2, timeout=10)  # breaks unless both wait at once
+    undone: list[str] = []
+
+    def together(ctx: StepContext) -> str:
+        both_running.wait()
+        if ctx.step == "quote" and ctx.payload["fail"]:
+            raise Rejected("no quote")
+        return ctx.step
+
+    steps = [
+        Step("order", lambda ctx: "o", lambda ctx: undone.append("order")),
+        Step("reserve", together, lambda ctx: undone.append("reserve"), group="prepare"),
+        Step("quote", together, lambda ctx: undone.append("quote"), group="prepare"),
+        Step("ship", lambda ctx: "s", lambda ctx: undone.append("ship")),
+    ]
+    worker = SagaWorker(store, [SagaDefinition("grouped", steps)], worker_id="w1")
+    worker.start("grouped", "g-ok", {"fail": False})
+    worker.start("grouped", "g-bad", {"fail": True})
+    worker.run_until_idle()
+    ok, bad = store.get("g-ok"), store.get("g-bad")
+    assert ok is not None
+    assert bad is not None
+    assert ok.status is SagaStatus.COMPLETED
+    assert ok.results == {"order": "o", "reserve": "reserve", "quote": "quote", "ship": "s"}
+    assert bad.status is SagaStatus.COMPENSATED
+    assert undone == ["quote", "reserve", "order"]

@@ -11,6 +11,12 @@ Phalanx's HTTP clients send it as ``Idempotency-Key``.
 Per-step policies come from :mod:`phalanx.resilience`: ``retry`` (a :class:`Retry`, tried
 within one execution) and ``timeout_s`` (a :class:`TimeLimiter` around each attempt).
 ``executions_max`` caps how many times a step is *started* across crashes and resumes.
+
+**Parallel groups.** Consecutive steps with the same ``group`` name run at the same time
+(the worker starts them together and waits for all). The group is done when every member
+is; if any member fails, every member of the group and every step before it is compensated
+(newest first), which is why compensations must be harmless for actions that never ran.
+A member that finished before a crash is not run again (its result is in the log).
 """
 
 from __future__ import annotations
@@ -21,10 +27,12 @@ from typing import Any, Final
 
 from phalanx.resilience.retry import Retry
 
-__all__ = ["STEPS_MAX", "SagaDefinition", "Step", "StepContext"]
+__all__ = ["GROUP_STEPS_MAX", "STEPS_MAX", "SagaDefinition", "Step", "StepContext"]
 
 #: Most steps in one saga.
 STEPS_MAX: Final = 64
+#: Most steps in one parallel group.
+GROUP_STEPS_MAX: Final = 16
 STALL_POLICIES: Final = ("compensate", "alert")
 
 
@@ -58,6 +66,7 @@ class Step:
     timeout_s: float | None = None
     executions_max: int = 3
     compensation_executions_max: int = 5
+    group: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,3 +98,25 @@ class SagaDefinition:
         if self.stall_timeout_s <= 0:
             raise ValueError(f"stall_timeout_s: must be > 0, got {self.stall_timeout_s}")
         self._index.update({name: i for i, name in enumerate(names)})
+        seen_groups: set[str] = set()
+        for i, step in enumerate(self.steps):
+            if step.group is None or (i > 0 and self.steps[i - 1].group == step.group):
+                continue
+            if step.group in seen_groups:
+                raise ValueError(f"group {step.group!r}: its steps must be consecutive")
+            seen_groups.add(step.group)
+            if len(self.members(i)) > GROUP_STEPS_MAX:
+                raise ValueError(f"group {step.group!r}: more than {GROUP_STEPS_MAX} steps")
+
+    def members(self, index: int) -> range:
+        """The indexes of the group that step ``index`` belongs to (itself alone if none)."""
+        group = self.steps[index].group
+        if group is None:
+            return range(index, index + 1)
+        first = index
+        while first > 0 and self.steps[first - 1].group == group:
+            first -= 1
+        last = index
+        while last + 1 < len(self.steps) and self.steps[last + 1].group == group:
+            last += 1
+        return range(first, last + 1)

@@ -18,6 +18,8 @@ Decisions:
   before each start, so crashes count too); at the cap the saga compensates;
 * a failed action whose outcome is FAILED (definitely not applied) is not compensated
   itself; one whose outcome is unknown (a timeout, a crash, any unexpected error) is;
+* a parallel group (see :mod:`.definition`) starts all its unfinished members in one batch;
+  it is done when all are, and a failure compensates the whole group and what came before;
 * compensations run newest first; one that keeps failing dead-letters the saga at its cap;
 * the stall timer (``deadline_s``) passes: compensate or dead-letter, per the definition.
 """
@@ -86,13 +88,16 @@ class SagaMachine:
             if record.executions >= step.executions_max:
                 return self._compensate_from(
                     now_s,
-                    record.step,
+                    self.definition.members(record.step)[-1],
                     f"step {step.name!r} started {record.executions} times without finishing",
                 )
+            group = self.definition.members(record.step)
+            todo = [i for i in group if steps[i].name not in record.results]
+            names = ",".join(steps[i].name for i in todo)
             persist = self._persist(
-                now_s, "step-started", step=step.name, executions=record.executions + 1
+                now_s, "step-started", step=names, executions=record.executions + 1
             )
-            return [persist, RunAction(record.step, step_key(record.saga_id, step.name))]
+            return [persist, *(RunAction(i, step_key(record.saga_id, steps[i].name)) for i in todo)]
         if record.step < 0:
             return [self._persist(now_s, "compensated", status=SagaStatus.COMPENSATED)]
         step = steps[record.step]
@@ -113,28 +118,41 @@ class SagaMachine:
         key = step_key(record.saga_id, step.name, compensation=True)
         return [persist, RunCompensation(record.step, key)]
 
-    def on_action_done(self, result: Any, now_s: float) -> list[SagaEffect]:
+    def on_action_done(
+        self, result: Any, now_s: float, *, step: int | None = None
+    ) -> list[SagaEffect]:
+        """Step ``step`` (by default the current one) returned ``result``."""
         record = self._expect(SagaStatus.RUNNING)
-        name = self.definition.steps[record.step].name
+        index = record.step if step is None else step
+        group = self.definition.members(record.step)
+        invariant(index in group, f"{record.saga_id}: step {index} is not running")
+        name = self.definition.steps[index].name
+        results = {**record.results, name: result}
+        finished = all(self.definition.steps[i].name in results for i in group)
         return [
             self._persist(
                 now_s,
                 "step-done",
                 step=name,
-                step_index=record.step + 1,
-                executions=0,
-                results={**record.results, name: result},
+                step_index=group[-1] + 1 if finished else record.step,
+                executions=0 if finished else record.executions,
+                results=results,
             )
         ]
 
     def on_action_failed(
-        self, error: str, *, applied: bool | None, now_s: float
+        self, error: str, *, applied: bool | None, now_s: float, step: int | None = None
     ) -> list[SagaEffect]:
         """The action failed; ``applied`` is False when it definitely had no effect,
         None when that is unknown (it is then compensated too)."""
         record = self._expect(SagaStatus.RUNNING)
-        name = self.definition.steps[record.step].name
+        index = record.step if step is None else step
+        group = self.definition.members(record.step)
+        invariant(index in group, f"{record.saga_id}: step {index} is not running")
+        name = self.definition.steps[index].name
         first = record.step if applied is None else record.step - 1
+        if len(group) > 1:
+            first = group[-1]  # the whole group: some members ran, or may have
         return self._compensate_from(now_s, first, f"step {name!r} failed: {error}")
 
     def on_compensation_done(self, now_s: float) -> list[SagaEffect]:
@@ -168,8 +186,16 @@ class SagaMachine:
                 )
             ]
         # The current step was maybe started: its outcome is unknown, so undo it too.
-        first = record.step if record.executions > 0 else record.step - 1
-        return self._compensate_from(now_s, min(first, len(self.definition.steps) - 1), reason)
+        if record.step >= len(self.definition.steps):
+            first = len(self.definition.steps) - 1
+        elif record.executions > 0 or any(
+            self.definition.steps[i].name in record.results
+            for i in self.definition.members(record.step)
+        ):
+            first = self.definition.members(record.step)[-1]
+        else:
+            first = record.step - 1
+        return self._compensate_from(now_s, first, reason)
 
     def _compensate_from(self, now_s: float, first: int, reason: str) -> list[SagaEffect]:
         return [

@@ -21,6 +21,7 @@ since several processes compare them.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -166,39 +167,75 @@ class SagaWorker:
         self, machine: SagaMachine, definition: SagaDefinition, effects: list[SagaEffect]
     ) -> list[SagaEffect]:
         out: list[SagaEffect] = []
+        actions: list[RunAction] = []
         for effect in effects:
             if isinstance(effect, Persist):
                 self._unsaved.append(effect)
                 continue
             self._flush()  # every transition is durable before the next side effect
-            step = definition.steps[effect.step]
-            record = machine.record
-            ctx = StepContext(
-                saga_id=record.saga_id,
-                step=step.name,
-                idempotency_key=effect.key,
-                payload=record.payload,
-                results=record.results,
-                fence=record.fence,
-            )
             if isinstance(effect, RunAction):
-                out += self._run_action(machine, step, ctx)
-            else:
-                invariant(isinstance(effect, RunCompensation), f"unexpected effect {effect!r}")
-                out += self._run_compensation(machine, step, ctx)
+                actions.append(effect)
+                continue
+            invariant(isinstance(effect, RunCompensation), f"unexpected effect {effect!r}")
+            step = definition.steps[effect.step]
+            out += self._run_compensation(machine, step, self._context(machine, step, effect.key))
+        if actions:
+            out += self._run_actions(machine, definition, actions)
         return out
 
-    def _run_action(self, machine: SagaMachine, step: Step, ctx: StepContext) -> list[SagaEffect]:
+    def _context(self, machine: SagaMachine, step: Step, key: str) -> StepContext:
+        record = machine.record
+        return StepContext(
+            saga_id=record.saga_id,
+            step=step.name,
+            idempotency_key=key,
+            payload=record.payload,
+            results=record.results,
+            fence=record.fence,
+        )
+
+    def _run_actions(
+        self, machine: SagaMachine, definition: SagaDefinition, actions: list[RunAction]
+    ) -> list[SagaEffect]:
+        """Run one step, or a parallel group's members together; then report, successes
+        first, so that a failure compensates every member that finished."""
+        outcomes: list[tuple[int, Any, BaseException | None]] = []
+        calls = [
+            (
+                a.step,
+                definition.steps[a.step],
+                self._context(machine, definition.steps[a.step], a.key),
+            )
+            for a in actions
+        ]
+        if len(calls) == 1:
+            index, step, ctx = calls[0]
+            outcomes.append((index, *self._attempt(step, ctx)))
+        else:
+            with concurrent.futures.ThreadPoolExecutor(len(calls)) as pool:
+                futures = [
+                    (index, pool.submit(self._attempt, step, ctx)) for index, step, ctx in calls
+                ]
+                outcomes = [(index, *future.result()) for index, future in futures]
+        out: list[SagaEffect] = []
+        for index, result, error in outcomes:
+            if error is None:
+                out = machine.on_action_done(result, self.clock.wall_s(), step=index)
+        for index, _, error in outcomes:
+            if error is not None:
+                applied = False if outcome_of(error) is Outcome.FAILED else None
+                return machine.on_action_failed(
+                    _describe(error), applied=applied, now_s=self.clock.wall_s(), step=index
+                )
+        return out
+
+    def _attempt(self, step: Step, ctx: StepContext) -> tuple[Any, BaseException | None]:
         try:
             result = self._call(step, step.action, ctx)
             msgspec.json.encode(result)  # results are stored: they must encode
         except Exception as exc:
-            outcome = outcome_of(exc)
-            applied = False if outcome is Outcome.FAILED else None
-            return machine.on_action_failed(
-                _describe(exc), applied=applied, now_s=self.clock.wall_s()
-            )
-        return machine.on_action_done(result, self.clock.wall_s())
+            return None, exc
+        return result, None
 
     def _run_compensation(
         self, machine: SagaMachine, step: Step, ctx: StepContext
