@@ -12,17 +12,23 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
+import xml.dom.minidom
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
-from phalanx.chaos.history import read_jsonl
+from phalanx.chaos.check import check_history
+from phalanx.chaos.history import Operation, read_jsonl
 from phalanx.chaos.nemesis import NEMESIS_PROCESS
-from phalanx.chaos.runner import RunOptions, run_chaos
+from phalanx.chaos.report import fault_spans, render_report
+from phalanx.chaos.runner import RunOptions, RunResult, run_chaos
 from phalanx.chaos.verdict import Verdict
 from phalanx.cli.main import _register, cli
+from phalanx.errors import Outcome
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="signals and process groups")
 
@@ -101,3 +107,110 @@ def test_stale_local_reads_are_caught_under_partitions(tmp_path: Path) -> None:
     assert result.verdict is Verdict.INVALID, result.checker.results
     assert (tmp_path / "timeline.html").is_file()
     assert "INVALID" in (tmp_path / "index.html").read_text()
+
+
+# -- the report and the command line, without a cluster -------------------------------------
+
+
+def _op(op_id: int, process: int, f: str, start_s: float, end_s: float, **fields: Any) -> Operation:
+    outcome = fields.pop("outcome", Outcome.OK)
+    return Operation(
+        id=op_id,
+        process=process,
+        f=f,
+        invoke_us=int(start_s * 1e6),
+        complete_us=int(end_s * 1e6),
+        outcome=outcome,
+        **fields,
+    )
+
+
+def test_fault_spans_pair_starts_with_stops() -> None:
+    faults = [
+        _op(0, NEMESIS_PROCESS, "start-partition", 1.0, 1.1, input="partition one"),
+        _op(1, NEMESIS_PROCESS, "stop-partition", 3.0, 3.1, input="partition one"),
+        _op(2, NEMESIS_PROCESS, "start-kill", 4.0, 4.1, outcome=Outcome.FAILED, input="kill 2"),
+        _op(3, NEMESIS_PROCESS, "stop-kill", 5.0, 5.1, input="kill 2"),
+        _op(4, NEMESIS_PROCESS, "start-pause", 6.0, 6.1, input="pause 1"),
+        _op(5, NEMESIS_PROCESS, "heal", 8.0, 8.2),
+    ]
+    spans = fault_spans(faults, end_s=10.0)
+    assert [(s.kind, s.start_s, s.end_s) for s in spans] == [
+        ("partition", 1.0, 3.1),  # a failed fault draws nothing
+        ("pause", 6.0, 10.0),  # still open at the end
+        ("heal", 8.0, 8.0),
+    ]
+
+
+def test_the_report_is_one_self_contained_page() -> None:
+    ops = [
+        _op(0, 0, "write", 0.5, 0.6, input=1, key="r0"),
+        _op(1, 1, "read", 0.7, 0.9, output=1, key="r0"),
+        _op(2, 0, "write", 1.5, 2.5, input=2, key="r0", outcome=Outcome.INDETERMINATE),
+        _op(3, 2, "cas", 2.0, 2.1, input=[3, 4], key="r0", outcome=Outcome.FAILED),
+    ]
+    faults = [
+        _op(0, NEMESIS_PROCESS, "start-partition", 1.0, 1.1, input="partition <leader>"),
+        _op(1, NEMESIS_PROCESS, "stop-partition", 2.0, 2.1, input="partition <leader>"),
+        _op(2, NEMESIS_PROCESS, "heal", 3.0, 3.1),
+    ]
+    checked = check_history(ops, "register")
+    result = RunResult(
+        verdict=checked.verdict,
+        options=RunOptions(),
+        command=RunOptions().command(Path("out")),
+        checker=checked,
+        counts={"operations": 4, "ok": 2, "fail": 1, "info": 1},
+        faults=[],
+        nemesis_applied=1,
+        nemesis_failed=0,
+        duration_s=4.0,
+        check_s=0.01,
+        out="out",
+    )
+    page = render_report(result, ops, faults, {})
+    assert "VALID" in page
+    assert "phalanx chaos run --nodes 3" in page
+    assert "partition &lt;leader&gt;" in page  # escaped
+    assert "<script" not in page
+    assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    svgs = re.findall(r"<svg .*?</svg>", page, re.DOTALL)
+    assert len(svgs) >= 3
+    for svg in svgs:
+        xml.dom.minidom.parseString(svg)
+
+
+def test_run_refuses_unknown_faults_and_workloads() -> None:
+    _register()
+    runner = CliRunner()
+    bad_fault = runner.invoke(cli, ["chaos", "run", "--nemesis", "partition,flood"])
+    assert bad_fault.exit_code == 2
+    assert "unknown fault 'flood'" in bad_fault.output
+    bad_workload = runner.invoke(cli, ["chaos", "run", "--workload", "queue"])
+    assert bad_workload.exit_code == 2
+
+
+@pytest.mark.skipif(
+    os.environ.get("PHALANX_LONG_TESTS") != "1", reason="long: set PHALANX_LONG_TESTS=1"
+)
+def test_a_small_campaign_is_clean(tmp_path: Path) -> None:
+    _register()
+    result = CliRunner().invoke(
+        cli,
+        [
+            "chaos",
+            "campaign",
+            "--runs",
+            "5",
+            "--time-limit",
+            "8",
+            "--recovery",
+            "1",
+            "--out",
+            str(tmp_path),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [row["verdict"] for row in summary] == ["valid"] * 5
+    assert {row["workload"] for row in summary} == {"register", "kv", "set", "bank", "lock"}

@@ -264,12 +264,17 @@ def run(
     writes OUT/history.jsonl, OUT/nemesis.jsonl, OUT/results.json and OUT/index.html. Exit
     status: 0 valid, 1 invalid, 2 unknown.
     """
+    from phalanx.chaos.cluster import ClusterStartError
     from phalanx.chaos.runner import RunOptions, run_chaos
 
     target = out if out is not None else Path("chaos-out") / f"{workload}-{seed}"
     options = RunOptions(workload=workload, nemesis=nemesis, seed=seed, **settings)
     click.echo(f"chaos run: {options.command(target)}")
-    result = run_chaos(options, target)
+    try:
+        result = run_chaos(options, target)
+    except ClusterStartError as exc:
+        click.echo(f"UNKNOWN: the cluster did not start: {exc}")
+        raise SystemExit(EXIT_UNKNOWN) from None
     counts = result.counts
     click.echo(
         f"{_WORDS[result.verdict]}: {counts['operations']} operations "
