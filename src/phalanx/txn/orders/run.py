@@ -5,12 +5,13 @@
 saga log) or choreographed (outbox, inbox, embedded bus), with the failure switches of
 ``faults`` and one kind of crash, then checks :func:`~.invariants.check_invariants`.
 
-Crashes (in-process, seeded):
+Crashes (seeded):
 
-* ``orchestrator``: the worker dies in the middle of a step (the step never returns; its
-  saga stays claimed). A new worker, once the dead one's lease has expired (its clock is set
-  past it), claims every unfinished saga and resumes it, re-running the interrupted step
-  under the same idempotency key.
+* ``orchestrator``: orchestrated, a real orchestrator process is SIGKILLed at the start of a
+  seeded step (its saga stays claimed). A new orchestrator, once the dead one's lease has
+  expired (its clock is set past it), claims every unfinished saga and resumes it,
+  re-running the interrupted step under the same idempotency key. Choreographed (there is
+  no orchestrator), the relays stop halfway and new ones take over.
 * ``payment``: the payment service crashes once per affected order. Orchestrated: after
   committing the charge but before answering, so the orchestrator's retry charges again with
   the same key (nothing is charged twice). Choreographed: while handling an event, so its
@@ -19,13 +20,18 @@ Crashes (in-process, seeded):
 
 from __future__ import annotations
 
+import json
 import random
+import signal
+import subprocess
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from phalanx.clock import ManualClock
+from phalanx.clock import SYSTEM_CLOCK, ManualClock
 from phalanx.txn.events import Event
 from phalanx.txn.orders.choreographed import Choreography
 from phalanx.txn.orders.invariants import check_invariants
@@ -41,10 +47,8 @@ ORDERS_MAX: Final = 100_000
 #: The share of orders whose payment service crashes under ``crash="payment"``.
 PAYMENT_CRASH_SHARE: Final = 0.2
 LEASE_S: Final = 30.0
-
-
-class _WorkerKilled(BaseException):
-    """Ends a worker mid-step, as SIGKILL would: nothing after it runs."""
+#: How long to wait for a killed orchestrator process to be reaped.
+CHILD_TIMEOUT_S: Final = 60
 
 
 @dataclass
@@ -62,7 +66,7 @@ class OrdersReport:
         return not self.violations
 
 
-def _orders(count: int, seed: int) -> list[tuple[str, str, int, int]]:
+def placed_orders(count: int, seed: int) -> list[tuple[str, str, int, int]]:
     rng = random.Random(seed)
     return [
         (f"order-{i:05d}", rng.choice(ITEMS), rng.randint(1, 3), rng.randint(5, 500))
@@ -89,7 +93,7 @@ def run_orders(
     shop = Shop(directory, faults)
     report = OrdersReport(mode, orders)
     try:
-        placed = _orders(orders, seed)
+        placed = placed_orders(orders, seed)
         if mode == "orchestrated":
             report.crashes = _orchestrated(shop, placed, crash, seed, directory)
         else:
@@ -110,17 +114,42 @@ def run_orders(
 def _orchestrated(
     shop: Shop, placed: list[tuple[str, str, int, int]], crash: str, seed: int, directory: Path
 ) -> int:
-    rng = random.Random(f"{seed}:crash")
-    # Every order runs at least two steps (create, reserve): the kill always lands.
-    kill_at = rng.randint(1, 2 * len(placed)) if crash == "orchestrator" else -1
+    crashes = 0
+    if crash == "orchestrator":
+        # A real orchestrator process, SIGKILLed in the middle of a step.
+        rng = random.Random(f"{seed}:crash")
+        # Every order runs at least two steps (create, reserve): the kill always lands.
+        kill_at = rng.randint(1, 2 * len(placed))
+        crashes = _run_and_kill(shop.faults, placed, seed, directory, kill_at)
+        # A new orchestrator starts after the dead one's lease expired.
+        clock: ManualClock | None = ManualClock(wall_start_s=time.time() + LEASE_S + 1)
+    else:
+        clock = None
+    return crashes + orchestrate(
+        shop, placed, crash=crash, seed=seed, directory=directory, clock=clock
+    )
+
+
+def orchestrate(
+    shop: Shop,
+    placed: list[tuple[str, str, int, int]],
+    *,
+    crash: str,
+    seed: int,
+    directory: Path,
+    clock: ManualClock | None = None,
+    worker_id: str = "orchestrator",
+    before: Callable[[int], None] | None = None,
+) -> int:
+    """Start the order sagas (idempotent) and run them until none is left; return the
+    payment crashes injected. ``before(n)`` runs before the ``n``-th step action."""
     crashed_payments: set[str] = set()
     counter = {"steps": 0, "crashes": 0}
 
     def before_step(step: str, ctx: StepContext) -> None:
         counter["steps"] += 1
-        if counter["steps"] == kill_at:
-            counter["crashes"] += 1
-            raise _WorkerKilled
+        if before is not None:
+            before(counter["steps"])
         if (
             crash == "payment"
             and step == "charge"
@@ -135,24 +164,52 @@ def _orchestrated(
 
     definition = order_saga(shop, before_step=before_step)
     with SqliteSagaStore(directory / "sagas.db", synchronous="NORMAL") as store:
-        worker = SagaWorker(store, [definition], worker_id="orchestrator-1", lease_s=LEASE_S)
+        worker = SagaWorker(
+            store,
+            [definition],
+            worker_id=worker_id,
+            lease_s=LEASE_S,
+            clock=clock if clock is not None else SYSTEM_CLOCK,
+        )
         for order_id, item, qty, amount in placed:
             worker.start("order", order_id, {"item": item, "qty": qty, "amount": amount})
-        try:
-            worker.run_until_idle()
-        except _WorkerKilled:
-            # A new orchestrator starts after the dead one's lease expired.
-            later = ManualClock(wall_start_s=time.time() + LEASE_S + 1)
-            worker = SagaWorker(
-                store, [definition], worker_id="orchestrator-2", lease_s=LEASE_S, clock=later
-            )
-            worker.run_until_idle()
+        worker.run_until_idle()
         unfinished = [
             r for r in store.find(limit=len(placed)) if r.status is SagaStatus.DEAD_LETTER
         ]
         for record in unfinished:
             shop.orders.set_status(record.saga_id, f"dead-letter: {record.error}")
     return counter["crashes"]
+
+
+def _run_and_kill(
+    faults: Faults,
+    placed: list[tuple[str, str, int, int]],
+    seed: int,
+    directory: Path,
+    kill_at: int,
+) -> int:
+    """Run an orchestrator process until its ``kill_at``-th step starts, then SIGKILL it."""
+    spec = {
+        "directory": str(directory),
+        "orders": len(placed),
+        "seed": seed,
+        "faults": [faults.payment, faults.inventory, faults.shipping, faults.seed],
+        "kill_at": kill_at,
+    }
+    child = subprocess.Popen(  # noqa: S603 - our own interpreter and module, no user input
+        [sys.executable, "-m", "phalanx.txn.orders.orchestrator_process", json.dumps(spec)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None  # noqa: S101 - Popen with stdout=PIPE sets it
+    try:
+        line = child.stdout.readline().strip()
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.communicate(timeout=CHILD_TIMEOUT_S)
+    return 1 if line == "STOP" else 0
 
 
 def _choreographed(

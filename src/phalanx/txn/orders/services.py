@@ -168,6 +168,7 @@ class Shop:
     def __init__(self, directory: Path, faults: Faults) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
+        self.faults = faults
         self.orders = Orders(directory)
         self.inventory = Inventory(directory, faults)
         self.payments = Payments(directory, faults)
