@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from phalanx.chaos.nemesis import (
     grudge,
     plan,
 )
-from phalanx.net.faults import DELAYED_MESSAGES_MAX, LinkFaults, Toxic
+from phalanx.net.faults import CLOCK_OFFSET_MS_MAX, DELAYED_MESSAGES_MAX, LinkFaults, Toxic
 from phalanx.node.http import node_http_server
 
 IDS = (1, 2, 3, 4, 5)
@@ -121,6 +122,18 @@ async def test_delayed_messages_are_bounded() -> None:
     assert state.dropped_out == 5
 
 
+def test_a_clock_offset_shifts_now_until_healed() -> None:
+    faults = LinkFaults()
+    before_ms = int(time.time() * 1000)
+    faults.set_clock_offset(60_000)
+    assert faults.now_ms() - before_ms >= 60_000
+    assert faults.state().clock_offset_ms == 60_000
+    faults.heal()
+    assert faults.now_ms() - before_ms < 60_000
+    with pytest.raises(ValueError, match="clock offset"):
+        faults.set_clock_offset(CLOCK_OFFSET_MS_MAX + 1)
+
+
 def test_toxics_are_validated() -> None:
     with pytest.raises(ValueError, match="loss"):
         Toxic(loss=1.5)
@@ -195,9 +208,19 @@ async def test_admin_endpoint_isolates_and_heals_a_running_node(tmp_path: Path) 
             assert (status, state["cut"], state["toxics"]) == (200, [], {})
             await until(lambda: old.leader_id == new.id, "the old leader to follow the new one")
 
+            status, state = await _http(
+                http.address, "POST", "/admin/faults", b'{"clock_offset_ms": -2500}'
+            )
+            assert (status, state["clock_offset_ms"]) == (200, -2500)
+            assert old.faults.now_ms() < int(time.time() * 1000) - 2000
+
             status, state = await _http(http.address, "POST", "/admin/faults", b'{"isolate":"x"}')
             assert status == 400
             assert "error" in state
+            huge = json.dumps({"clock_offset_ms": CLOCK_OFFSET_MS_MAX + 1}).encode()
+            status, state = await _http(http.address, "POST", "/admin/faults", huge)
+            assert status == 400
+            assert old.faults.state().clock_offset_ms == -2500
             status, _ = await _http(http.address, "PUT", "/admin/faults")
             assert status == 405
 

@@ -1,4 +1,4 @@
-"""Injected network faults between nodes: cut links, and toxics on the links that stay up.
+"""Injected faults of one node: cut links, toxics on the links that stay up, a clock offset.
 
 A :class:`LinkFaults` belongs to one node. Its driver asks :meth:`LinkFaults.blocks_in` when
 a message arrives and hands every outgoing message to :meth:`LinkFaults.send`, which drops
@@ -13,18 +13,25 @@ probability, ``latency_ms`` and ``jitter_ms`` delay each one by ``latency_ms`` p
 draw in ``[-jitter_ms, +jitter_ms]`` (never below zero). Draws come from the instance's own
 seeded RNG (:meth:`LinkFaults.reseed`). Delayed messages may overtake each other, which Raft
 tolerates; at most :data:`DELAYED_MESSAGES_MAX` are held at once, further ones are dropped.
+
+**Clock offset**: :meth:`LinkFaults.now_ms` is the wall clock shifted by ``clock_offset_ms``
+(at most :data:`CLOCK_OFFSET_MS_MAX` either way). The node stamps its proposals with it, so
+on a leader it moves lease decisions (grants, renewals, expiry) as a skewed clock would.
+:meth:`LinkFaults.heal` resets it along with the links.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Final, TypeVar
 
 import msgspec
 
 __all__ = [
+    "CLOCK_OFFSET_MS_MAX",
     "DELAYED_MESSAGES_MAX",
     "LATENCY_MS_MAX",
     "FaultsState",
@@ -38,6 +45,8 @@ M = TypeVar("M")
 DELAYED_MESSAGES_MAX: Final = 10_000
 #: The largest latency or jitter a toxic may add.
 LATENCY_MS_MAX: Final = 60_000.0
+#: The largest clock offset, either way (an hour).
+CLOCK_OFFSET_MS_MAX: Final = 3_600_000
 
 
 class Toxic(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -63,6 +72,7 @@ class FaultsState(msgspec.Struct, kw_only=True):
     dropped_out: int
     dropped_in: int
     delayed: int
+    clock_offset_ms: int = 0
 
 
 class LinkFaults:
@@ -73,6 +83,7 @@ class LinkFaults:
         self._toxics: dict[int, Toxic] = {}
         self._rng = random.Random(seed)
         self._delayed = 0
+        self._clock_offset_ms = 0
         self.dropped_out = 0
         self.dropped_in = 0
 
@@ -85,9 +96,20 @@ class LinkFaults:
         self._toxics.update(toxics)
 
     def heal(self) -> None:
-        """Restore every link and remove every toxic."""
+        """Restore every link, remove every toxic, reset the clock offset."""
         self._cut.clear()
         self._toxics.clear()
+        self._clock_offset_ms = 0
+
+    def set_clock_offset(self, offset_ms: int) -> None:
+        """Shift :meth:`now_ms` by ``offset_ms`` (replacing any earlier offset)."""
+        if abs(offset_ms) > CLOCK_OFFSET_MS_MAX:
+            raise ValueError(f"clock offset: at most {CLOCK_OFFSET_MS_MAX} ms either way")
+        self._clock_offset_ms = offset_ms
+
+    def now_ms(self) -> int:
+        """The wall clock in milliseconds, shifted by the clock offset."""
+        return int(time.time() * 1000) + self._clock_offset_ms
 
     def reseed(self, seed: int) -> None:
         """Restart the RNG that draws losses and jitter."""
@@ -104,6 +126,7 @@ class LinkFaults:
             dropped_out=self.dropped_out,
             dropped_in=self.dropped_in,
             delayed=self._delayed,
+            clock_offset_ms=self._clock_offset_ms,
         )
 
     def blocks_out(self, peer: int) -> bool:

@@ -16,10 +16,11 @@ One small ASGI app (:class:`NodeHttpApp`) answers four paths:
 * ``/admin/faults``, only when the app is given the node's
   :class:`~phalanx.net.faults.LinkFaults` (``phalanx node --admin``): ``GET`` answers the
   current faults as JSON; ``POST`` with a JSON object changes them, in this order:
-  ``{"heal": true}`` restores every link, ``{"isolate": [2, 3]}`` cuts the links to those
-  peers, ``{"toxics": {"2": {"loss": 0.1, "latency_ms": 50, "jitter_ms": 20}}}`` degrades
-  outgoing links, ``{"seed": 7}`` reseeds the draws; the answer is the state after. Anyone
-  who reaches it can partition the cluster: it exists for chaos testing on loopback only.
+  ``{"heal": true}`` restores every link and resets the rest; ``{"isolate": [2, 3]}`` cuts
+  the links to those peers; ``{"toxics": {"2": {"loss": 0.1, "latency_ms": 50}}}``
+  degrades outgoing links; ``{"seed": 7}`` reseeds the draws; ``{"clock_offset_ms": 5000}``
+  shifts the clock the node stamps its proposals with. The answer is the state after.
+  Anyone who reaches it can partition the cluster: it exists for chaos testing on loopback.
 
 The probes come from :mod:`phalanx.health` (registry, caching, timeouts, startup gating and
 the JSON answers); the checks here only need :class:`NodeView` (``status()``, ``started``,
@@ -35,7 +36,7 @@ import contextlib
 import socket
 from collections.abc import Awaitable, Callable, Generator, MutableMapping
 from types import TracebackType
-from typing import Any, Final, Protocol
+from typing import Annotated, Any, Final, Protocol
 
 import msgspec
 import uvicorn
@@ -44,7 +45,7 @@ from prometheus_client.exposition import choose_encoder
 
 from phalanx.clock import SYSTEM_CLOCK, Clock
 from phalanx.health import CheckFailed, HealthApp, HealthRegistry, Probe
-from phalanx.net.faults import LinkFaults, Toxic
+from phalanx.net.faults import CLOCK_OFFSET_MS_MAX, LinkFaults, Toxic
 
 __all__ = [
     "ADMIN_BODY_BYTES_MAX",
@@ -257,6 +258,9 @@ class FaultsRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     isolate: list[int] = msgspec.field(default_factory=list)
     toxics: dict[int, Toxic] = msgspec.field(default_factory=dict)
     seed: int | None = None
+    clock_offset_ms: (
+        Annotated[int, msgspec.Meta(ge=-CLOCK_OFFSET_MS_MAX, le=CLOCK_OFFSET_MS_MAX)] | None
+    ) = None
 
 
 _FAULTS_DECODER: Final = msgspec.json.Decoder(FaultsRequest)
@@ -313,7 +317,11 @@ class AdminFaults:
         except (msgspec.DecodeError, ValueError) as exc:
             await _respond(send, 400, msgspec.json.encode({"error": str(exc)}), [])
             return
-        self.apply(request)
+        try:
+            self.apply(request)
+        except ValueError as exc:
+            await _respond(send, 400, msgspec.json.encode({"error": str(exc)}), [])
+            return
         await _respond(send, 200, msgspec.json.encode(self.faults.state()), [])
 
     def apply(self, request: FaultsRequest) -> None:
@@ -325,6 +333,8 @@ class AdminFaults:
             self.faults.set_toxics(request.toxics)
         if request.seed is not None:
             self.faults.reseed(request.seed)
+        if request.clock_offset_ms is not None:
+            self.faults.set_clock_offset(request.clock_offset_ms)
 
 
 class NodeHttpApp:
