@@ -31,6 +31,7 @@ import msgspec
 
 from phalanx.clock import SYSTEM_CLOCK, Clock
 from phalanx.errors import Outcome, invariant, outcome_of
+from phalanx.resilience.events import Emitter, Listener, Observable
 from phalanx.resilience.keys import idempotency_key
 from phalanx.resilience.timeout import TimeLimiter
 from phalanx.txn.saga.definition import SagaDefinition, Step, StepContext
@@ -63,8 +64,14 @@ class WorkerStatistics:
     leases_lost: int
 
 
-class SagaWorker:
+class SagaWorker(Observable):
     """Runs sagas of the given definitions from ``store`` (see the module docstring).
+
+    Observable like the resilience primitives: listeners get an event per saga transition
+    (``kind`` is the timeline's: ``step-done``, ``compensating``, ``completed``,
+    ``dead-lettered`` ..., plus ``lease-lost``), and
+    ``phalanx.obs.metrics.PrometheusMetrics().watch(worker)`` exports them with
+    :meth:`statistics`.
 
     ``lease_s`` must exceed the longest step (its timeout times its attempts): a step that
     outlives the lease lets another worker take the saga over, and this worker's next save
@@ -81,12 +88,15 @@ class SagaWorker:
         claim_batch: int = 16,
         clock: Clock = SYSTEM_CLOCK,
         observer: Observer | None = None,
+        listeners: tuple[Listener, ...] = (),
     ) -> None:
         self.store = store
         self.definitions: Mapping[str, SagaDefinition] = {d.name: d for d in definitions}
         if lease_s <= 0:
             raise ValueError(f"lease_s: must be > 0, got {lease_s}")
         self.worker_id = worker_id
+        self.name = worker_id
+        self._emitter = Emitter("saga_worker", worker_id, listeners)
         self.lease_s = lease_s
         self.claim_batch = claim_batch
         self.clock = clock
@@ -152,6 +162,7 @@ class SagaWorker:
             self._flush()
         except LeaseLost:
             self._counts["lost"] += 1
+            self._emitter.emit("lease-lost", self.clock.now_s(), {"saga": record.saga_id})
             _log.info("saga %s: lease lost; another worker owns it", record.saga_id)
         return machine.record
 
@@ -286,6 +297,9 @@ class SagaWorker:
                     SagaStatus.COMPENSATED: "compensated",
                 }.get(status, "dead_letter")
             ] += 1
+        if self._emitter.active:
+            data = {"saga": effect.record.saga_id, "step": effect.event.step}
+            self._emitter.emit(effect.event.kind, self.clock.now_s(), data)
         if self._observer is not None:
             suffix = f":{effect.event.step}" if effect.event.step else ""
             self._observer(effect.event.kind + suffix, effect.record)

@@ -33,6 +33,7 @@ from typing import Final
 
 from phalanx.clock import SYSTEM_CLOCK, Clock
 from phalanx.errors import Indeterminate, invariant
+from phalanx.resilience.events import Emitter, Listener, Observable
 from phalanx.txn.twopc.coordinator import (
     CoordinatorEffect,
     CoordinatorMachine,
@@ -83,8 +84,13 @@ class CoordinatorStatistics:
     recovered_branches: int
 
 
-class Coordinator:
+class Coordinator(Observable):
     """Runs global transactions whose gids carry ``coordinator_id``.
+
+    Observable like the resilience primitives: listeners get ``committed``, ``aborted``,
+    ``indeterminate`` per transaction and ``recovered`` per recovered branch;
+    ``phalanx.obs.metrics.PrometheusMetrics().watch(coordinator)`` exports them with
+    :meth:`statistics`.
 
     ``coordinator_id`` must be unique among live coordinators that share participants: a
     coordinator treats every prepared branch carrying its id that it is not running as left
@@ -102,8 +108,11 @@ class Coordinator:
         prepare_workers_max: int = 8,
         clock: Clock = SYSTEM_CLOCK,
         observer: Observer | None = None,
+        listeners: tuple[Listener, ...] = (),
     ) -> None:
         self.coordinator_id = check_name("coordinator_id", coordinator_id)
+        self.name = coordinator_id
+        self._emitter = Emitter("twopc_coordinator", coordinator_id, listeners)
         if prepare_timeout_s <= 0:
             raise ValueError(f"prepare_timeout_s: must be > 0, got {prepare_timeout_s}")
         if not 1 <= prepare_workers_max <= BRANCHES_MAX:
@@ -174,6 +183,16 @@ class Coordinator:
         report = RecoveryReport()
         with self._lock:
             active = set(self._active)
+        self._finish_logged(active, report)
+        self._resolve_orphans(active, report)
+        with self._lock:
+            self._counts["recovered"] += len(report.committed) + len(report.rolled_back)
+        for gid in (*report.committed, *report.rolled_back):
+            self._emitter.emit("recovered", self.clock.now_s(), {"branch": gid})
+        return report
+
+    def _finish_logged(self, active: set[Gid], report: RecoveryReport) -> None:
+        """Commit everywhere the logged commits not yet ended, then end them."""
         for record in self.log.unfinished(self.coordinator_id):
             if record.gid in active:
                 continue
@@ -187,6 +206,9 @@ class Coordinator:
             if done:
                 self.log.end(record.gid)
                 report.ended += 1
+
+    def _resolve_orphans(self, active: set[Gid], report: RecoveryReport) -> None:
+        """Settle this coordinator's prepared branches that no running transaction owns."""
         for name, participant in sorted(self.participants.items()):
             try:
                 prepared = participant.prepared()
@@ -199,17 +221,13 @@ class Coordinator:
                     continue
                 if parsed.gid in active or branch.gid in report.committed:
                     continue
-                decision = self.log.decide(
-                    parsed.gid, Decision.ABORT, (), now_s=self.clock.wall_s()
-                )
+                now_s = self.clock.wall_s()
+                decision = self.log.decide(parsed.gid, Decision.ABORT, (), now_s=now_s)
                 if self._apply(name, branch.gid, decision, report):
                     done_list = (
                         report.committed if decision is Decision.COMMIT else report.rolled_back
                     )
                     done_list.append(branch.gid)
-        with self._lock:
-            self._counts["recovered"] += len(report.committed) + len(report.rolled_back)
-        return report
 
     def _apply(
         self, name: str, branch_gid: str, decision: Decision, report: RecoveryReport
@@ -238,6 +256,7 @@ class Coordinator:
         with self._lock:
             self._active.discard(gid)
             self._counts[outcome] += 1
+        self._emitter.emit(outcome, self.clock.now_s(), {"gid": str(gid)})
 
 
 class Transaction:
