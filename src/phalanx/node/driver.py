@@ -4,8 +4,10 @@ One task group owns three loops: the peer transport, a ticker and the Ready loop
 loop performs each ``Ready`` in the order the core's contract requires (``docs/raft.md``):
 
 1. persist the hard state, entries and snapshot with one ``DiskStorage.save`` (one fsync),
-   in a worker thread so the event loop keeps stepping messages and ticking meanwhile;
-2. send the messages (only now: they promise what step 1 made durable);
+   in a worker thread so the event loop keeps stepping messages and ticking meanwhile; a
+   leader sends its appends and heartbeats before this step, so replication overlaps its
+   own fsync (``phalanx.raft.early``, Raft thesis 10.2.1);
+2. send the other messages (only now: they promise what step 1 made durable);
 3. install the snapshot, apply the committed entries to the ``KVStore`` in order (calling
    ``apply_conf_change`` for membership changes) and resolve the proposals waiting on them;
 4. serve the read states whose index is applied;
@@ -59,6 +61,7 @@ from phalanx.node.members import (
 )
 from phalanx.node.observer import NodeObserver, NullObserver
 from phalanx.raft.config import Config
+from phalanx.raft.early import split_early
 from phalanx.raft.errors import ProposalDropped
 from phalanx.raft.node import RawNode, Status
 from phalanx.raft.types import (
@@ -428,7 +431,7 @@ class RaftNode:
             self._wake.set()
 
     def _propose_expiry(self, node: RawNode) -> None:
-        proposal = expire_proposal(self.store.leases, _now_ms())
+        proposal = expire_proposal(self.store.leases, self.faults.now_ms())
         if proposal is None:
             return
         try:
@@ -451,7 +454,11 @@ class RaftNode:
 
     async def _handle(self, node: RawNode, ready: Ready) -> None:
         storage = self._core_storage()
-        transport = self._core_transport()
+        # 0. A leader's appends and heartbeats promise nothing about its own disk: they leave
+        # now and replicate while the leader writes (``phalanx.raft.early``).
+        role = ready.soft_state.role if ready.soft_state is not None else self._role
+        early, late = split_early(ready.messages, role)
+        self._send(early)
         # 1. Persist: one save, one fsync, off the event loop. A save that only moves the
         # commit index is written without an fsync (etcd's MustSync): a lost commit index
         # is learned again, while a lost term, vote or entry could break safety.
@@ -463,14 +470,19 @@ class RaftNode:
                 or (hard is not None and (hard.term, hard.vote) != self._durable_vote)
             )
             began = time.perf_counter()
-            await asyncio.to_thread(storage.save, hard, ready.entries, ready.snapshot, sync=sync)
+            if sync or self._snapshot_lock.locked():
+                await asyncio.to_thread(
+                    storage.save, hard, ready.entries, ready.snapshot, sync=sync
+                )
+            else:
+                # One small write() and no fsync: cheaper here than a hop to a thread.
+                storage.save(hard, sync=False)
             if hard is not None:
                 self._durable_vote = (hard.term, hard.vote)
             if sync:
                 self.observer.on_persist(time.perf_counter() - began, len(ready.entries))
-        # 2. Send, now that what the messages promise is durable.
-        for message in ready.messages:
-            self.faults.send(message.dst, transport.send, message)
+        # 2. Send the rest, now that what they promise is durable.
+        self._send(late)
         # 3. Install the snapshot, apply the committed entries in order.
         self._apply(node, ready)
         # 4. Serve the reads whose index is applied.
@@ -482,6 +494,11 @@ class RaftNode:
         if ready.soft_state is not None:
             self._on_soft_state(node, ready.soft_state)
         node.advance(ready)
+
+    def _send(self, messages: tuple[Message, ...]) -> None:
+        transport = self._core_transport()
+        for message in messages:
+            self.faults.send(message.dst, transport.send, message)
 
     def _apply(self, node: RawNode, ready: Ready) -> None:
         members_changed = False
@@ -517,7 +534,7 @@ class RaftNode:
             # Keep-alives could not land while there was no leader: renew every lease
             # before this leader's clock can expire any (the renewal is applied first).
             with contextlib.suppress(ProposalDropped):
-                node.propose(encode_proposal(Proposal(LeaseRenewAll(), _now_ms())))
+                node.propose(encode_proposal(Proposal(LeaseRenewAll(), self.faults.now_ms())))
                 self._expire_index = node.last_index
         if was_leader and soft.role != Role.LEADER:
             self._expire_index = _NO_EXPIRY
@@ -678,7 +695,7 @@ class RaftNode:
         if isinstance(command, LeaseExpire | LeaseRenewAll):
             raise BadRequest("lease expiry and renewal are the leader's, not a client's")
         data = encode_proposal(
-            Proposal(command, _now_ms(), client_id, seq, acked_seq), self.store.limits
+            Proposal(command, self.faults.now_ms(), client_id, seq, acked_seq), self.store.limits
         )
         self._check_leader(node)
         if len(self._proposals) >= self.pending_proposals_max:
@@ -900,7 +917,3 @@ def _check_options(
         raise ValueError("snapshot_entries must be >= 1 and snapshot_keep_entries >= 0")
     if pending_proposals_max < 1:
         raise ValueError(f"pending_proposals_max: must be >= 1, got {pending_proposals_max}")
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
