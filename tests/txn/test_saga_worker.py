@@ -89,6 +89,8 @@ def test_steps_run_in_order_and_see_earlier_results(store: Store) -> None:
     worker = SagaWorker(store, [order_saga(services)], worker_id="w1")
     worker.start("order", "o-1", {"order": 1})
     assert worker.start("order", "o-1", {"order": 1}).saga_id == "o-1"  # idempotent start
+    with pytest.raises(Conflict, match="another name or payload"):
+        worker.start("order", "o-1", {"order": 2})
     worker.run_until_idle()
     record = store.get("o-1")
     assert record is not None

@@ -30,7 +30,7 @@ from typing import Any, Final
 import msgspec
 
 from phalanx.clock import SYSTEM_CLOCK, Clock
-from phalanx.errors import Outcome, invariant, outcome_of
+from phalanx.errors import Conflict, Outcome, invariant, outcome_of
 from phalanx.resilience.events import Emitter, Listener, Observable
 from phalanx.resilience.keys import idempotency_key
 from phalanx.resilience.timeout import TimeLimiter
@@ -108,7 +108,12 @@ class SagaWorker(Observable):
         )
 
     def start(self, name: str, saga_id: str, payload: Mapping[str, Any]) -> SagaRecord:
-        """Record a new saga (idempotent by ``saga_id``); a worker's next claim runs it."""
+        """Record a new saga; a worker's next claim runs it.
+
+        Idempotent by ``saga_id``: starting it again with the same name and payload returns
+        the existing saga; with another name or payload it raises
+        :class:`~phalanx.errors.Conflict`.
+        """
         definition = self.definitions.get(name)
         if definition is None:
             raise ValueError(f"unknown saga {name!r}")
@@ -125,7 +130,10 @@ class SagaWorker(Observable):
             updated_at_s=now_s,
             deadline_s=now_s + definition.stall_timeout_s,
         )
-        return self.store.create(record, SagaEvent(now_s, "started"))
+        stored = self.store.create(record, SagaEvent(now_s, "started"))
+        if stored.name != name or stored.payload != record.payload:
+            raise Conflict(f"saga {saga_id} exists with another name or payload")
+        return stored
 
     def run_once(self) -> int:
         """Claim a batch and drive each saga until it settles; return how many were claimed."""
