@@ -26,6 +26,9 @@ fault (``kind``/shape)    what happens while the window is open
                           waiting for a leader in between
 ``toxic``                 every link loses ``loss`` of its messages and is delayed by
                           ``latency_ms`` +/- ``jitter_ms`` (Toxiproxy's vocabulary)
+``clock``                 every node's clock is shifted by its own offset of up to
+                          ``CLOCK_SKEW_MS_MAX`` either way: lease grants, renewals and
+                          expiry follow the leader's skewed clock; reset at the close
 ``membership``            a follower is removed from the cluster through the client and
                           added back (its data wiped, it rejoins with ``--join``) at the
                           close
@@ -69,7 +72,7 @@ __all__ = [
 
 #: The process number of nemesis operations in a history.
 NEMESIS_PROCESS: Final = -1
-FAULT_KINDS: Final = ("partition", "kill", "pause", "restart", "toxic", "membership")
+FAULT_KINDS: Final = ("partition", "kill", "pause", "restart", "toxic", "clock", "membership")
 PARTITION_SHAPES: Final = ("one", "leader", "halves", "ring", "bridge")
 #: Most fault windows one schedule may hold.
 WINDOWS_MAX: Final = 10_000
@@ -78,6 +81,8 @@ FAULT_S_DEFAULT: Final = (1.0, 3.0)
 QUIET_S_DEFAULT: Final = (1.0, 3.0)
 #: How long the executor waits for a leader (to target it, or between rolling restarts).
 LEADER_WAIT_S_MAX: Final = 10.0
+#: The largest clock offset the ``clock`` fault gives a node, either way.
+CLOCK_SKEW_MS_MAX: Final = 10_000
 #: How long a membership change through the client may take.
 MEMBERSHIP_TIMEOUT_S: Final = 5.0
 _PROMOTE_RETRY_S: Final = 0.2
@@ -102,6 +107,7 @@ class FaultWindow(msgspec.Struct, frozen=True, kw_only=True):
     node: int = 0
     groups: list[list[int]] = msgspec.field(default_factory=list)
     toxic: dict[str, float] = msgspec.field(default_factory=dict)
+    offsets: dict[int, int] = msgspec.field(default_factory=dict)
 
     @property
     def end_s(self) -> float:
@@ -209,6 +215,9 @@ def plan(
         elif kind == "toxic":
             settings = dict(toxic or {"loss": 0.05, "latency_ms": 20.0, "jitter_ms": 20.0})
             window = msgspec.structs.replace(window, toxic=settings)
+        elif kind == "clock":
+            offsets = {i: rng.randint(-CLOCK_SKEW_MS_MAX, CLOCK_SKEW_MS_MAX) for i in members}
+            window = msgspec.structs.replace(window, offsets=offsets)
         elif kind == "membership":
             window = msgspec.structs.replace(window, node=rng.choice(members))
         windows.append(window)
@@ -273,22 +282,13 @@ class Nemesis:
     async def _apply(self, window: FaultWindow) -> dict[str, Any]:
         cluster = self.cluster
         if window.kind == "partition":
-            groups = window.groups
-            if window.shape == "leader" or not groups:
-                leader = await cluster.leader()
-                if leader is None:
-                    raise _Skip("no leader known")
-                groups = [[leader], [i for i in cluster.ids if i != leader]]
-            cuts = grudge(groups, cluster.ids, views=window.shape == "ring" and len(groups) > 2)
-            answered = await self._post_all({i: {"isolate": c} for i, c in cuts.items() if c})
-            return {"groups": groups, "cut": {str(i): c for i, c in cuts.items()}, **answered}
-        if window.kind == "kill":
+            return await self._partition(window)
+        if window.kind in {"kill", "pause"}:
             node = await self._target(window)
-            cluster.kill(node)
-            return {"node": node}
-        if window.kind == "pause":
-            node = await self._target(window)
-            cluster.pause(node)
+            if window.kind == "kill":
+                cluster.kill(node)
+            else:
+                cluster.pause(node)
             return {"node": node}
         if window.kind == "restart":
             return {"nodes": await self._rolling_restart(window.duration_s)}
@@ -298,25 +298,42 @@ class Nemesis:
                 {i: {"toxics": toxics, "seed": self._rng.randrange(1 << 31)} for i in cluster.ids}
             )
             return {"toxic": window.toxic, **answered}
+        if window.kind == "clock":
+            answered = await self._post_all(
+                {i: {"clock_offset_ms": off} for i, off in window.offsets.items()}
+            )
+            return {"offsets_ms": {str(i): o for i, o in window.offsets.items()}, **answered}
         if window.kind == "membership":
             return await self._remove_member()
         raise _Skip(f"unknown fault {window.kind!r}")
 
+    async def _partition(self, window: FaultWindow) -> dict[str, Any]:
+        cluster = self.cluster
+        groups = window.groups
+        if window.shape == "leader" or not groups:
+            leader = await cluster.leader()
+            if leader is None:
+                raise _Skip("no leader known")
+            groups = [[leader], [i for i in cluster.ids if i != leader]]
+        cuts = grudge(groups, cluster.ids, views=window.shape == "ring" and len(groups) > 2)
+        answered = await self._post_all({i: {"isolate": c} for i, c in cuts.items() if c})
+        return {"groups": groups, "cut": {str(i): c for i, c in cuts.items()}, **answered}
+
     async def _revert(self, window: FaultWindow, undo: dict[str, Any] | None) -> dict[str, Any]:
         cluster = self.cluster
-        if window.kind in {"partition", "toxic"}:
+        if window.kind in {"partition", "toxic", "clock"}:
+            # heal also resets the clock offset; no fault of another kind is open meanwhile.
             return await self._post_all({key: {"heal": True} for key in cluster.ids})
-        if undo is None:
+        if undo is None or "node" not in undo:
             return {}
+        node = int(undo["node"])
         if window.kind == "kill":
-            cluster.start(int(undo["node"]))
-            return {"node": undo["node"]}
-        if window.kind == "pause":
-            cluster.resume(int(undo["node"]))
-            return {"node": undo["node"]}
-        if window.kind == "membership" and "node" in undo:
-            return await self._add_member(int(undo["node"]))
-        return {}
+            cluster.start(node)
+        elif window.kind == "pause":
+            cluster.resume(node)
+        elif window.kind == "membership":
+            return await self._add_member(node)
+        return {"node": node}
 
     async def _post_all(self, requests: Mapping[int, dict[str, Any]]) -> dict[str, Any]:
         answers = await asyncio.gather(

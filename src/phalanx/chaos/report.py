@@ -57,6 +57,7 @@ _FAULT_COLOURS: Final = {
     "pause": "#a3c4f4",
     "restart": "#f4d6a3",
     "toxic": "#a3f4d0",
+    "clock": "#f4f0a3",
     "membership": "#d0d0d0",
 }
 _STYLE: Final = """
