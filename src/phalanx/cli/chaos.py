@@ -151,6 +151,8 @@ _CAMPAIGN_NEMESES = (
     "restart",
     "toxic",
 )
+#: Characters of a fault's description in the terminal summary.
+_FAULT_TEXT_CHARS_MAX = 80
 #: Most runs one campaign may ask for.
 CAMPAIGN_RUNS_MAX = 1000
 
@@ -275,6 +277,7 @@ def run(
     except ClusterStartError as exc:
         click.echo(f"UNKNOWN: the cluster did not start: {exc}")
         raise SystemExit(EXIT_UNKNOWN) from None
+    _print_faults(target / "nemesis.jsonl")
     counts = result.counts
     click.echo(
         f"{_WORDS[result.verdict]}: {counts['operations']} operations "
@@ -288,6 +291,30 @@ def run(
         click.echo(f"  note: {result.error}")
     click.echo(f"  report: {target / 'index.html'}")
     raise SystemExit(_exit_code(result.verdict))
+
+
+def _print_faults(path: Path) -> None:
+    """One line per fault applied (from ``nemesis.jsonl``), as a table."""
+    import msgspec
+    from rich.console import Console
+    from rich.table import Table
+
+    from phalanx.chaos.history import read_jsonl
+
+    table = Table(title="faults", title_justify="left")
+    for column in ("at (s)", "fault", "outcome", "what happened"):
+        table.add_column(column, overflow="fold")
+    for op in read_jsonl(path):
+        if op.f.startswith("start-") or op.f == "heal":
+            happened = op.error if op.error is not None else op.output
+            text = msgspec.json.encode(happened).decode()
+            table.add_row(
+                f"{op.invoke_us / 1e6:.1f}",
+                str(op.input or op.f),
+                op.outcome.value,
+                text[:_FAULT_TEXT_CHARS_MAX],
+            )
+    Console().print(table)
 
 
 @chaos.command("campaign")
