@@ -34,6 +34,7 @@ from phalanx.client.lock import (
     CONTENDERS_MAX,
     TTL_S_DEFAULT,
     Claim,
+    ClaimView,
     LoopThread,
     TooManyContenders,
     lowest,
@@ -84,37 +85,20 @@ class Leader:
         return cls(kv.value, kv.create_revision, kv.key, kv.mod_revision)
 
 
-class Leadership:
+class Leadership(ClaimView):
     """What winning a campaign gives: the ``token`` to send with every change the leader
     makes, and ``lost``, set once leadership can no longer be trusted (the lease ended, a
     keep-alive went unanswered for a TTL, the key was deleted, or we resigned)."""
 
-    __slots__ = ("_claim", "name", "value")
+    __slots__ = ("value",)
 
     def __init__(self, name: str, value: bytes, claim: Claim) -> None:
-        self.name = name
+        super().__init__(name, claim)
         self.value = value
-        self._claim = claim
 
     @property
     def token(self) -> int:
         return self._claim.token
-
-    @property
-    def lost(self) -> asyncio.Event:
-        return self._claim.lost
-
-    @property
-    def lost_reason(self) -> str:
-        return self._claim.lost_reason
-
-    @property
-    def key(self) -> bytes:
-        return self._claim.key
-
-    @property
-    def lease_id(self) -> int:
-        return self._claim.lease_id
 
     def __repr__(self) -> str:
         return f"Leadership({self.name!r}, value={self.value!r}, token={self.token})"

@@ -294,20 +294,15 @@ class Claim:
             self._lose("our key was deleted (its lease expired or was revoked)")
 
 
-class Held:
-    """What holding a lock gives: the ``fencing_token`` to send with every write to the
-    protected resource, and ``lost``, set once the lock can no longer be trusted (see
-    :class:`Claim`). Check ``lost`` before acting, and let the resource check the token."""
+class ClaimView:
+    """What a claim (a lock held, an election won) shows its owner: ``lost``, set once it can
+    no longer be trusted (see :class:`Claim`), why, and the key and lease behind it."""
 
     __slots__ = ("_claim", "name")
 
     def __init__(self, name: str, claim: Claim) -> None:
         self.name = name
         self._claim = claim
-
-    @property
-    def fencing_token(self) -> int:
-        return self._claim.token
 
     @property
     def lost(self) -> asyncio.Event:
@@ -324,6 +319,18 @@ class Held:
     @property
     def lease_id(self) -> int:
         return self._claim.lease_id
+
+
+class Held(ClaimView):
+    """What holding a lock gives: the ``fencing_token`` to send with every write to the
+    protected resource, and ``lost``. Check ``lost`` before acting, and let the resource
+    check the token."""
+
+    __slots__ = ()
+
+    @property
+    def fencing_token(self) -> int:
+        return self._claim.token
 
     def __repr__(self) -> str:
         return f"Held({self.name!r}, fencing_token={self.fencing_token}, lost={self.lost.is_set()})"
