@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from node_cluster import cluster, leader_of, until
 from phalanx.chaos.nemesis import (
+    CLOCK_SKEW_MS_MAX,
     FAULT_KINDS,
     PARTITION_SHAPES,
     NemesisError,
@@ -48,6 +49,14 @@ def test_windows_are_ordered_and_close_before_the_time_limit(seed: int) -> None:
             assert window.shape in PARTITION_SHAPES
         else:
             assert window.node in IDS
+
+
+def test_clock_windows_give_every_node_a_bounded_offset() -> None:
+    windows = plan(2, ["clock"], time_limit_s=30, ids=IDS)
+    assert windows
+    for window in windows:
+        assert sorted(window.offsets) == list(IDS)
+        assert all(abs(o) <= CLOCK_SKEW_MS_MAX for o in window.offsets.values())
 
 
 def test_no_faults_no_windows_and_unknown_faults_refused() -> None:

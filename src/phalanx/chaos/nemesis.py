@@ -59,6 +59,7 @@ from phalanx.client import AsyncClient
 from phalanx.errors import PhalanxError
 
 __all__ = [
+    "CLOCK_SKEW_MS_MAX",
     "FAULT_KINDS",
     "NEMESIS_PROCESS",
     "PARTITION_SHAPES",
