@@ -110,3 +110,26 @@ def test_the_demo_shows_a_compensated_saga() -> None:
     assert "invariants: hold" in text
     assert "compensation-done reserve" in text
     assert text.index("compensation-done reserve") < text.index("compensation-done create")
+
+
+def test_services_as_processes_over_http_with_the_payment_service_killed(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        txn,
+        [
+            "orders",
+            "--http",
+            "--orders",
+            "24",
+            "--fail",
+            "payment=0.2,inventory=0.1,shipping=0.1",
+            "--crash",
+            "payment",
+            "--seed",
+            "3",
+            "--dir",
+            str(tmp_path),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "1 crashes injected" in result.output
+    assert "invariants: hold" in result.output

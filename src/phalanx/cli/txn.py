@@ -4,6 +4,7 @@
 
     phalanx txn orders --mode orchestrated --orders 200 \\
         --fail payment=0.2,inventory=0.1,shipping=0.1 --crash orchestrator --seed 7
+    phalanx txn orders --http --orders 50 --fail payment=0.2 --crash payment   # processes
     phalanx txn recover --coordinator app-1 --log 2pc.db --pg a='host=db1 dbname=a' ...
 
 ``orders`` runs the order flow on fresh SQLite databases, prints how many orders completed
@@ -64,15 +65,31 @@ def txn() -> None:
     default=None,
     help="Where the services keep their databases (default: a temporary directory).",
 )
-def orders(mode: str, count: int, fail: str, crash: str, seed: int, directory: str | None) -> None:
+@click.option(
+    "--http",
+    is_flag=True,
+    help="Run each service as its own process over HTTP (orchestrated mode).",
+)
+def orders(
+    mode: str, count: int, fail: str, crash: str, seed: int, directory: str | None, http: bool
+) -> None:
     """Run N orders through the order flow and check the invariants."""
     faults = _parse_fail(fail)
     faults.seed = seed
+    if http and (mode != "orchestrated" or crash == "orchestrator"):
+        raise click.BadParameter("--http runs the orchestrated mode, with --crash none|payment")
     with tempfile.TemporaryDirectory(prefix="phalanx-orders-") as tmp:
         where = Path(directory) if directory else Path(tmp)
-        report = run_orders(
-            mode=mode, orders=count, faults=faults, crash=crash, directory=where, seed=seed
-        )
+        if http:
+            from phalanx.txn.orders.processes import run_orders_http
+
+            report = run_orders_http(
+                orders=count, faults=faults, crash=crash, directory=where, seed=seed
+            )
+        else:
+            report = run_orders(
+                mode=mode, orders=count, faults=faults, crash=crash, directory=where, seed=seed
+            )
     click.echo(
         f"{report.mode}: {report.orders} orders, {report.completed} completed, "
         f"{report.cancelled} compensated, {report.crashes} crashes injected, "

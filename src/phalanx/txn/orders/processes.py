@@ -1,0 +1,221 @@
+"""The order flow with each service in its own process, over HTTP.
+
+:func:`run_orders_http` starts the four services (:mod:`.services_http`) as separate
+processes on loopback, waits for their readiness probes, and runs the orders as
+orchestrated sagas whose steps call the services through :class:`~.services_http.ServiceClient`
+(breaker, retries with idempotency keys, timeouts). With ``crash="payment"`` the payment
+service process is SIGKILLed in the middle of the run and started again; requests in the
+meantime fail over to retries, and to compensation when the retries run out. Afterwards
+the invariants are checked on the services' databases.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import httpx
+
+from phalanx.txn.orders.invariants import check_invariants
+from phalanx.txn.orders.run import OrdersReport, placed_orders
+from phalanx.txn.orders.services import Faults, Shop
+from phalanx.txn.orders.services_http import SERVICES, ServiceClient
+from phalanx.txn.saga import (
+    SagaDefinition,
+    SagaStatus,
+    SagaWorker,
+    SqliteSagaStore,
+    Step,
+    StepContext,
+)
+
+__all__ = ["ServiceProcesses", "run_orders_http"]
+
+StepHook = Callable[[str], None]
+READY_TIMEOUT_S: Final = 30.0
+STOP_TIMEOUT_S: Final = 10.0
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@dataclass
+class ServiceProcesses:
+    """The four service processes; :meth:`kill` and :meth:`start` one by name."""
+
+    directory: Path
+    faults: Faults
+    ports: dict[str, int] = field(default_factory=dict)
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def url(self, service: str) -> str:
+        return f"http://127.0.0.1:{self.ports[service]}"
+
+    def start(self, service: str) -> None:
+        faults = [self.faults.payment, self.faults.inventory, self.faults.shipping]
+        args = [
+            str(self.directory),
+            str(self.ports[service]),
+            json.dumps([*faults, self.faults.seed]),
+        ]
+        self.processes[service] = subprocess.Popen(  # noqa: S603 - our interpreter and module
+            [sys.executable, "-m", "phalanx.txn.orders.services_http", service, *args],
+            env={**os.environ},
+        )
+
+    def wait_ready(self, service: str) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.processes[service].poll() is not None:
+                raise RuntimeError(f"service {service} exited at start")
+            try:
+                if httpx.get(f"{self.url(service)}/ready", timeout=1.0).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"service {service} not ready within {READY_TIMEOUT_S} s")
+
+    def kill(self, service: str) -> None:
+        process = self.processes[service]
+        process.send_signal(signal.SIGKILL)
+        process.wait(STOP_TIMEOUT_S)
+
+    def stop_all(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(STOP_TIMEOUT_S)
+
+
+def http_order_saga(
+    clients: dict[str, ServiceClient], on_step: StepHook | None = None
+) -> SagaDefinition:
+    """The order saga with every step an HTTP call to its service."""
+
+    def call(service: str, operation: str) -> Step:
+        def action(ctx: StepContext) -> None:
+            if on_step is not None:
+                on_step(operation)
+            body = {"order_id": ctx.saga_id, **dict(ctx.payload)}
+            clients[service].call(operation, ctx.idempotency_key, body)
+
+        return Step(operation, action)
+
+    def undo(step: Step, service: str, operation: str, **extra: str) -> Step:
+        def compensation(ctx: StepContext) -> None:
+            action_key = ctx.idempotency_key.removesuffix(":compensate")
+            body = {"order_id": ctx.saga_id, "action_key": action_key, **extra}
+            clients[service].call(operation, ctx.idempotency_key, body)
+
+        return Step(step.name, step.action, compensation)
+
+    def complete(ctx: StepContext) -> None:
+        body = {"order_id": ctx.saga_id, "status": "completed"}
+        clients["orders"].call("status", ctx.idempotency_key, body)
+
+    return SagaDefinition(
+        "order",
+        [
+            undo(call("orders", "create"), "orders", "status", status="cancelled"),
+            undo(call("inventory", "reserve"), "inventory", "release"),
+            undo(call("payments", "charge"), "payments", "refund"),
+            undo(call("shipping", "ship"), "shipping", "cancel"),
+            Step("complete", complete),
+        ],
+    )
+
+
+def run_orders_http(
+    *, orders: int, faults: Faults, crash: str, directory: Path, seed: int = 0
+) -> OrdersReport:
+    """Run the orchestrated order flow against service processes (see the module docstring)."""
+    if crash not in ("none", "payment"):
+        raise ValueError(f"crash: 'none' or 'payment' with service processes, got {crash!r}")
+    started = time.perf_counter()
+    directory.mkdir(parents=True, exist_ok=True)
+    Shop(directory, faults).close()  # create every database before the services start
+    services = ServiceProcesses(directory, faults, dict(zip(SERVICES, _free_ports(4), strict=True)))
+    report = OrdersReport("orchestrated, services over HTTP", orders)
+    restarts: list[threading.Thread] = []
+    try:
+        for service in SERVICES:
+            services.start(service)
+        for service in SERVICES:
+            services.wait_ready(service)
+        rng = random.Random(f"{seed}:http-crash")
+        kill_at = rng.randint(1, max(1, orders // 2)) if crash == "payment" else -1
+        charges = {"n": 0}
+
+        def on_step(operation: str) -> None:
+            if operation != "charge":
+                return
+            charges["n"] += 1
+            if charges["n"] == kill_at:
+                services.kill("payments")
+                report.crashes += 1
+
+                def restart() -> None:
+                    services.start("payments")
+                    services.wait_ready("payments")
+
+                thread = threading.Thread(target=restart, name="restart-payments")
+                thread.start()
+                restarts.append(thread)
+
+        with httpx.Client() as client:
+            clients = {s: ServiceClient(s, services.url(s), client) for s in SERVICES}
+            definition = http_order_saga(clients, on_step)
+            with SqliteSagaStore(directory / "sagas.db", synchronous="NORMAL") as store:
+                worker = SagaWorker(store, [definition], worker_id="orchestrator", lease_s=60)
+                for order_id, item, qty, amount in placed_orders(orders, seed):
+                    worker.start("order", order_id, {"item": item, "qty": qty, "amount": amount})
+                worker.run_until_idle()
+                for thread in restarts:
+                    thread.join()
+                worker.run_until_idle()
+                dead = [r for r in store.find(limit=orders) if r.status is SagaStatus.DEAD_LETTER]
+        for thread in restarts:
+            thread.join()
+    finally:
+        services.stop_all()
+    _check(directory, faults, [r.saga_id for r in dead], report)
+    report.elapsed_s = time.perf_counter() - started
+    return report
+
+
+def _check(directory: Path, faults: Faults, dead: list[str], report: OrdersReport) -> None:
+    shop = Shop(directory, faults)
+    try:
+        for saga_id in dead:
+            shop.orders.set_status(saga_id, "dead-letter")
+        statuses = dict(shop.orders.conn.execute("SELECT id, status FROM orders").fetchall())
+        report.completed = sum(1 for s in statuses.values() if s == "completed")
+        report.cancelled = sum(1 for s in statuses.values() if s == "cancelled")
+        report.violations = check_invariants(shop)
+    finally:
+        shop.close()
