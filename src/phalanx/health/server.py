@@ -28,7 +28,7 @@ from phalanx.health.asgi import HealthApp
 from phalanx.health.checks import HealthRegistry
 from phalanx.resilience.config import require_positive
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "HealthServer", "serve"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "HealthServer", "bind_listener", "serve"]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -78,7 +78,8 @@ def _config(app: HealthApp, log_level: str) -> uvicorn.Config:
     )
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def bind_listener(host: str, port: int) -> socket.socket:
+    """A non-blocking listening TCP socket on ``host:port`` (0: any free port)."""
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= _PORT_MAX:
         raise ValueError(f"port: expected 0..{_PORT_MAX}, got {port!r}")
     if not host:
@@ -147,7 +148,7 @@ class HealthServer:
         """Bind the socket and start serving in a daemon thread; returns at once."""
         if self._thread is not None:
             raise RuntimeError("HealthServer: already started")
-        self._socket = _bind(self.host, self._requested_port)
+        self._socket = bind_listener(self.host, self._requested_port)
         self._server = _Server(_config(self.app, self._log_level), handle_signals=False)
         server, sock = self._server, self._socket
 
@@ -225,7 +226,7 @@ async def serve(
     SIGINT/SIGTERM handling is used, which suits a process whose only job is serving health
     (the CLI).
     """
-    sock = _bind(host, port)
+    sock = bind_listener(host, port)
     bound_port = _bound_port(sock)
     server = _Server(
         _config(app if app is not None else HealthApp(registry), log_level),

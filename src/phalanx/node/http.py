@@ -45,6 +45,7 @@ from prometheus_client.exposition import choose_encoder
 
 from phalanx.clock import SYSTEM_CLOCK, Clock
 from phalanx.health import CheckFailed, HealthApp, HealthRegistry, Probe
+from phalanx.health.server import bind_listener
 from phalanx.net.faults import CLOCK_OFFSET_MS_MAX, LinkFaults, Toxic
 
 __all__ = [
@@ -403,24 +404,6 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= _PORT_MAX:
-        raise ValueError(f"port: expected 0..{_PORT_MAX}, got {port!r}")
-    if not host:
-        raise ValueError("host: must not be empty")
-    family, kind, proto, _name, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(128)
-        sock.settimeout(0.0)  # non-blocking, as the event loop requires
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
 class NodeHttpServer:
     """Serves ``app`` on ``host:port`` on the running event loop, with the loop monitor.
 
@@ -462,7 +445,7 @@ class NodeHttpServer:
     async def start(self) -> None:
         if self._runner is not None:
             raise RuntimeError("start(): the HTTP server was already started")
-        self._socket = _bind(self.host, self._requested_port)
+        self._socket = bind_listener(self.host, self._requested_port)
         config = uvicorn.Config(
             self.app,
             log_level="warning",
