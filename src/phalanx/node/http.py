@@ -87,7 +87,6 @@ LOOP_LAG_S_MAX: Final = 2.0
 HTTP_CONNECTIONS_MAX: Final = 64
 #: How long closing waits for requests in progress before cancelling them.
 HTTP_SHUTDOWN_S_MAX: Final = 2.0
-_PORT_MAX = 65535
 _NO_LEADER = 0
 _ALLOWED_METHODS = ("GET", "HEAD")
 
