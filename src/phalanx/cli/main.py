@@ -15,6 +15,7 @@ def cli() -> None:
 
 def _register() -> None:
     # Subcommand modules are imported here so that ``phalanx --help`` lists them all.
+    from phalanx.cli.bench import bench
     from phalanx.cli.breaker import breaker
     from phalanx.cli.chaos import chaos
     from phalanx.cli.cluster import cluster
@@ -29,6 +30,7 @@ def _register() -> None:
     from phalanx.cli.sim import sim
     from phalanx.cli.txn import txn
 
+    cli.add_command(bench)
     cli.add_command(breaker)
     cli.add_command(chaos)
     cli.add_command(cluster)
