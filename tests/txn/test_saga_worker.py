@@ -289,3 +289,19 @@ def test_a_parallel_group_runs_its_steps_at_the_same_time(store: Store) -> None:
     assert ok.results == {"order": "o", "reserve": "reserve", "quote": "quote", "ship": "s"}
     assert bad.status is SagaStatus.COMPENSATED
     assert undone == ["quote", "reserve", "order"]
+
+
+def test_a_worker_drives_several_sagas_at_once(store: Store) -> None:
+    four_at_once = threading.Barrier(4, timeout=10)  # breaks unless four sagas wait together
+    saga = SagaDefinition(
+        "wait", [Step("call", lambda ctx: four_at_once.wait()), Step("after", lambda ctx: 1)]
+    )
+    worker = SagaWorker(store, [saga], worker_id="w1", concurrency=4, claim_batch=8)
+    for i in range(8):
+        worker.start("wait", f"c-{i}", {})
+    worker.run_until_idle()
+    records = [store.get(f"c-{i}") for i in range(8)]
+    assert all(r is not None and r.status is SagaStatus.COMPLETED for r in records)
+    assert worker.statistics().completed == 8
+    with pytest.raises(ValueError, match="concurrency"):
+        SagaWorker(store, [saga], worker_id="w2", concurrency=0)

@@ -191,7 +191,9 @@ def run_orders_http(
             clients = {s: ServiceClient(s, services.url(s), client) for s in SERVICES}
             definition = http_order_saga(clients, on_step)
             with SqliteSagaStore(directory / "sagas.db", synchronous="NORMAL") as store:
-                worker = SagaWorker(store, [definition], worker_id="orchestrator", lease_s=60)
+                worker = SagaWorker(
+                    store, [definition], worker_id="orchestrator", lease_s=60, concurrency=4
+                )
                 for order_id, item, qty, amount in placed_orders(orders, seed):
                     worker.start("order", order_id, {"item": item, "qty": qty, "amount": amount})
                 worker.run_until_idle()

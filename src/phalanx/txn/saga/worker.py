@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -52,6 +53,8 @@ _log = logging.getLogger(__name__)
 #: Batches one saga may take in a single run before the worker yields it (a safety net:
 #: a definition's caps end every saga well before).
 BATCHES_PER_RUN_MAX: Final = 10_000
+#: Most sagas one worker drives at the same time.
+CONCURRENCY_MAX: Final = 64
 Observer = Callable[[str, SagaRecord], None]
 
 
@@ -73,7 +76,9 @@ class SagaWorker(Observable):
     ``phalanx.obs.metrics.PrometheusMetrics().watch(worker)`` exports them with
     :meth:`statistics`.
 
-    ``lease_s`` must exceed the longest step (its timeout times its attempts): a step that
+    ``concurrency`` sagas of a claimed batch are driven at the same time (threads), for steps
+    that wait on other services; each saga's own steps stay in order. ``lease_s`` must exceed
+    the longest step (its timeout times its attempts): a step that
     outlives the lease lets another worker take the saga over, and this worker's next save
     then fails on the fencing token.
     """
@@ -86,6 +91,7 @@ class SagaWorker(Observable):
         worker_id: str,
         lease_s: float = 60.0,
         claim_batch: int = 16,
+        concurrency: int = 1,
         clock: Clock = SYSTEM_CLOCK,
         observer: Observer | None = None,
         listeners: tuple[Listener, ...] = (),
@@ -102,7 +108,10 @@ class SagaWorker(Observable):
         self.clock = clock
         self._observer = observer
         self._limiters: dict[tuple[str, str], TimeLimiter] = {}
-        self._unsaved: list[Persist] = []
+        if not 1 <= concurrency <= CONCURRENCY_MAX:
+            raise ValueError(f"concurrency: 1 to {CONCURRENCY_MAX}, got {concurrency}")
+        self.concurrency = concurrency
+        self._lock = threading.Lock()
         self._counts = dict.fromkeys(
             ("claimed", "completed", "compensated", "dead_letter", "lost"), 0
         )
@@ -141,9 +150,14 @@ class SagaWorker(Observable):
         claimed = self.store.claim(
             self.worker_id, now_s=now_s, lease_s=self.lease_s, limit=self.claim_batch
         )
-        for record in claimed:
-            self._counts["claimed"] += 1
-            self.drive(record)
+        self._count("claimed", len(claimed))
+        if self.concurrency == 1 or len(claimed) <= 1:
+            for record in claimed:
+                self.drive(record)
+        else:
+            workers = min(self.concurrency, len(claimed))
+            with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+                list(pool.map(self.drive, claimed))
         return len(claimed)
 
     def run_until_idle(self, *, rounds_max: int = 1000) -> None:
@@ -159,17 +173,17 @@ class SagaWorker(Observable):
             _log.warning("saga %s: no definition named %r here", record.saga_id, record.name)
             return record
         machine = SagaMachine(definition, record)
-        self._unsaved = []
+        unsaved: list[Persist] = []
         try:
             for _ in range(BATCHES_PER_RUN_MAX):
                 effects = machine.next(self.clock.wall_s())
                 if not effects:
                     break
                 while effects:
-                    effects = self._perform(machine, definition, effects)
-            self._flush()
+                    effects = self._perform(machine, definition, effects, unsaved)
+            self._flush(unsaved)
         except LeaseLost:
-            self._counts["lost"] += 1
+            self._count("lost")
             self._emitter.emit("lease-lost", self.clock.now_s(), {"saga": record.saga_id})
             _log.info("saga %s: lease lost; another worker owns it", record.saga_id)
         return machine.record
@@ -182,16 +196,24 @@ class SagaWorker(Observable):
 
     # -- internals ----------------------------------------------------------------------
 
+    def _count(self, what: str, by: int = 1) -> None:
+        with self._lock:
+            self._counts[what] += by
+
     def _perform(
-        self, machine: SagaMachine, definition: SagaDefinition, effects: list[SagaEffect]
+        self,
+        machine: SagaMachine,
+        definition: SagaDefinition,
+        effects: list[SagaEffect],
+        unsaved: list[Persist],
     ) -> list[SagaEffect]:
         out: list[SagaEffect] = []
         actions: list[RunAction] = []
         for effect in effects:
             if isinstance(effect, Persist):
-                self._unsaved.append(effect)
+                unsaved.append(effect)
                 continue
-            self._flush()  # every transition is durable before the next side effect
+            self._flush(unsaved)  # every transition is durable before the next side effect
             if isinstance(effect, RunAction):
                 actions.append(effect)
                 continue
@@ -271,10 +293,11 @@ class SagaWorker(Observable):
                 return fn(ctx)
             # One limiter (and its bounded worker pool) per step and function; timeouts are
             # real time, so the limiter keeps the system clock.
-            limiter = self._limiters.get((step.name, fn.__qualname__))
-            if limiter is None:
-                limiter = TimeLimiter(timeout_s=step.timeout_s, name=f"saga-{step.name}")
-                self._limiters[(step.name, fn.__qualname__)] = limiter
+            with self._lock:
+                limiter = self._limiters.get((step.name, fn.__qualname__))
+                if limiter is None:
+                    limiter = TimeLimiter(timeout_s=step.timeout_s, name=f"saga-{step.name}")
+                    self._limiters[(step.name, fn.__qualname__)] = limiter
             return limiter.call(fn, ctx)
 
         with idempotency_key(ctx.idempotency_key):
@@ -282,29 +305,30 @@ class SagaWorker(Observable):
                 return attempt()
             return step.retry.call(attempt)
 
-    def _flush(self) -> None:
+    def _flush(self, unsaved: list[Persist]) -> None:
         """Write the transitions not yet saved, as one write of the latest record."""
-        unsaved, self._unsaved = self._unsaved, []
-        if not unsaved:
+        batch = list(unsaved)
+        unsaved.clear()
+        if not batch:
             return
         self.store.save(
-            unsaved[-1].record,
-            [p.event for p in unsaved],
+            batch[-1].record,
+            [p.event for p in batch],
             now_s=self.clock.wall_s(),
             lease_s=self.lease_s,
         )
-        for persist in unsaved:
+        for persist in batch:
             self._saved(persist)
 
     def _saved(self, effect: Persist) -> None:
         status = effect.record.status
         if effect.event.kind in ("completed", "compensated", "dead-lettered"):
-            self._counts[
+            self._count(
                 {
                     SagaStatus.COMPLETED: "completed",
                     SagaStatus.COMPENSATED: "compensated",
                 }.get(status, "dead_letter")
-            ] += 1
+            )
         if self._emitter.active:
             data = {"saga": effect.record.saga_id, "step": effect.event.step}
             self._emitter.emit(effect.event.kind, self.clock.now_s(), data)
