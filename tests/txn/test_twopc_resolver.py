@@ -93,6 +93,10 @@ def test_recover_command_commits_a_logged_transaction(tmp_path: Path) -> None:
     with SqliteDecisionLog(log_path) as log:
         log.decide(gid, Decision.COMMIT, ("s",), now_s=0.0)
     runner = CliRunner()
+    listed = runner.invoke(txn, ["in-doubt", "--log", str(log_path), "--sqlite", f"s={db}"])
+    assert listed.exit_code == 0, listed.output
+    assert f"{gid.branch('s')}" in listed.output
+    assert "log says commit" in listed.output
     args = ["recover", "--coordinator", "c1", "--log", str(log_path), "--sqlite", f"s={db}"]
     result = runner.invoke(txn, args)
     assert result.exit_code == 0, result.output

@@ -5,21 +5,26 @@
     phalanx txn orders --mode orchestrated --orders 200 \\
         --fail payment=0.2,inventory=0.1,shipping=0.1 --crash orchestrator --seed 7
     phalanx txn orders --http --orders 50 --fail payment=0.2 --crash payment   # processes
+    phalanx txn in-doubt --log 2pc.db --pg a='host=db1 dbname=a' --sqlite s=shop.db
     phalanx txn recover --coordinator app-1 --log 2pc.db --pg a='host=db1 dbname=a' ...
 
 ``orders`` runs the order flow on fresh SQLite databases, prints how many orders completed
 and how many were compensated, checks the invariants, and exits 1 if any is violated.
-``recover`` finishes the in-doubt transactions of a coordinator from its decision log.
+``in-doubt`` lists the prepared branches of participants with what the log says about
+each; ``recover`` finishes the in-doubt transactions of a coordinator from its decision log.
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import click
 
 from phalanx.txn.orders import CRASHES, MODES, Faults, run_orders
+from phalanx.txn.twopc.participants import Participant
 
 __all__ = ["txn"]
 
@@ -106,37 +111,59 @@ def orders(
     raise SystemExit(1)
 
 
-@txn.command()
-@click.option("--coordinator", "coordinator_id", required=True, help="The coordinator's id.")
-@click.option("--log", "log_path", required=True, type=click.Path(dir_okay=False))
-@click.option("--pg", "postgres", multiple=True, help="A participant: NAME=CONNINFO.")
-@click.option("--sqlite", "sqlite", multiple=True, help="A participant: NAME=PATH.")
-def recover(
-    coordinator_id: str, log_path: str, postgres: tuple[str, ...], sqlite: tuple[str, ...]
-) -> None:
-    """Finish every in-doubt transaction of a coordinator (safe to repeat)."""
-    from phalanx.txn.twopc import Coordinator, SqliteDecisionLog, SqliteParticipant
+class _ClosableParticipant(Participant, Protocol):
+    def close(self) -> None: ...
 
-    participants: list[object] = []
+
+def _participants(postgres: tuple[str, ...], sqlite: tuple[str, ...]) -> list[_ClosableParticipant]:
+    from phalanx.txn.twopc import SqliteParticipant
+
+    found: list[_ClosableParticipant] = []
     for spec in postgres:
         name, _, conninfo = spec.partition("=")
         from phalanx.txn.twopc.postgres import PostgresParticipant
 
-        participants.append(PostgresParticipant(name, conninfo))
+        found.append(PostgresParticipant(name, conninfo))
     for spec in sqlite:
         name, _, path = spec.partition("=")
-        participants.append(SqliteParticipant(name, path))
-    if not participants:
+        found.append(SqliteParticipant(name, path))
+    if not found:
         raise click.BadParameter("give at least one --pg or --sqlite participant")
+    return found
+
+
+PARTICIPANT_OPTIONS = (
+    click.option("--pg", "postgres", multiple=True, help="A participant: NAME=CONNINFO."),
+    click.option("--sqlite", "sqlite", multiple=True, help="A participant: NAME=PATH."),
+)
+
+
+def _with_participants(fn: Callable[..., None]) -> Callable[..., None]:
+    for option in reversed(PARTICIPANT_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+@txn.command()
+@click.option("--coordinator", "coordinator_id", required=True, help="The coordinator's id.")
+@click.option("--log", "log_path", required=True, type=click.Path(dir_okay=False))
+@_with_participants
+def recover(
+    coordinator_id: str, log_path: str, postgres: tuple[str, ...], sqlite: tuple[str, ...]
+) -> None:
+    """Finish every in-doubt transaction of a coordinator (safe to repeat)."""
+    from phalanx.txn.twopc import Coordinator, SqliteDecisionLog
+
+    participants = _participants(postgres, sqlite)
     try:
         with (
             SqliteDecisionLog(log_path) as log,
-            Coordinator(coordinator_id, log, participants) as coordinator,  # type: ignore[arg-type]
+            Coordinator(coordinator_id, log, participants) as coordinator,
         ):
             report = coordinator.recover()
     finally:
         for participant in participants:
-            participant.close()  # type: ignore[attr-defined]
+            participant.close()
     for gid in report.committed:
         click.echo(f"committed {gid}")
     for gid in report.rolled_back:
@@ -146,6 +173,40 @@ def recover(
     click.echo(f"{report.ended} transactions finished; {len(report.errors)} problems")
     if report.errors:
         raise SystemExit(1)
+
+
+@txn.command("in-doubt")
+@click.option("--log", "log_path", required=True, type=click.Path(dir_okay=False, exists=True))
+@_with_participants
+def in_doubt(log_path: str, postgres: tuple[str, ...], sqlite: tuple[str, ...]) -> None:
+    """List prepared branches and what the decision log says about each (changes nothing)."""
+    import time
+
+    from phalanx.txn.twopc import SqliteDecisionLog, parse_branch
+
+    participants = _participants(postgres, sqlite)
+    rows = 0
+    try:
+        with SqliteDecisionLog(log_path) as log:
+            for participant in participants:
+                for branch in participant.prepared():
+                    parsed = parse_branch(branch.gid)
+                    if parsed is None:
+                        verdict = "not a Phalanx branch: left alone"
+                    else:
+                        held = log.outcome(parsed.gid)
+                        verdict = (
+                            f"log says {held.value}"
+                            if held
+                            else "no decision yet (presumed abort once asked)"
+                        )
+                    age_s = time.time() - branch.prepared_at_s
+                    click.echo(f"{participant.name:12} {branch.gid}  {age_s:8.1f}s  {verdict}")
+                    rows += 1
+    finally:
+        for participant in participants:
+            participant.close()
+    click.echo(f"{rows} prepared branches")
 
 
 @txn.command()
