@@ -23,13 +23,21 @@ from phalanx.txn.twopc import (
 )
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DecisionLog]:
     if request.param == "memory":
         yield MemoryDecisionLog()
-    else:
+    elif request.param == "sqlite":
         with SqliteDecisionLog(tmp_path / "decisions.db") as sqlite_log:
             yield sqlite_log
+    else:
+        from phalanx.txn.twopc.log_postgres import PostgresDecisionLog
+
+        tpc = request.getfixturevalue("tpc")
+        server = request.getfixturevalue("tpc_pair")[0]
+        name = f"d{abs(hash(request.node.name)) % 10**8}"
+        with PostgresDecisionLog(tpc.create_database(server, name)) as pg_log:
+            yield pg_log
 
 
 def transfer(coordinator: Coordinator, amount: int) -> None:

@@ -3,13 +3,15 @@
 Pieces, from the protocol outwards:
 
 * :mod:`.coordinator`, :mod:`.participant`: the sans-I/O state machines;
-* :mod:`.log`, :mod:`.log_sqlite`: the decision log (compare-and-set, first decision wins);
+* :mod:`.log`, :mod:`.log_sqlite`, :mod:`.log_postgres`: the decision log (compare-and-set,
+  first decision wins);
 * :mod:`.participants`: the Participant and Branch Protocols; :mod:`.memory`,
   :mod:`.postgres`, :mod:`.sqlite`: participants;
 * :mod:`.driver`: :class:`Coordinator`, which runs transactions and recovers its own;
 * :mod:`.resolver`: background resolution from the coordinator's and the participant's side.
 
-See ``docs/txn.md``. :class:`PostgresParticipant` loads psycopg on first use.
+See ``docs/txn.md``. :class:`PostgresParticipant` and :class:`PostgresDecisionLog` load
+psycopg on first use.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -33,6 +35,7 @@ from phalanx.txn.twopc.sqlite import SqliteBranch, SqliteParticipant
 from phalanx.txn.twopc.types import Decision, PrepareRefused, TransactionAborted
 
 if TYPE_CHECKING:
+    from phalanx.txn.twopc.log_postgres import PostgresDecisionLog
     from phalanx.txn.twopc.postgres import PostgresBranch, PostgresParticipant
 
 __all__ = [
@@ -54,6 +57,7 @@ __all__ = [
     "ParticipantResolver",
     "Phase",
     "PostgresBranch",
+    "PostgresDecisionLog",
     "PostgresParticipant",
     "PrepareRefused",
     "PreparedBranch",
@@ -70,6 +74,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name == "PostgresDecisionLog":
+        from phalanx.txn.twopc import log_postgres
+
+        return log_postgres.PostgresDecisionLog
     if name in ("PostgresBranch", "PostgresParticipant"):
         from phalanx.txn.twopc import postgres
 
