@@ -153,6 +153,8 @@ _CAMPAIGN_NEMESES = (
 )
 #: Characters of a fault's description in the terminal summary.
 _FAULT_TEXT_CHARS_MAX = 80
+#: Width of the tables printed when the output is not a terminal.
+_PIPE_WIDTH = 120
 #: Most runs one campaign may ask for.
 CAMPAIGN_RUNS_MAX = 1000
 
@@ -429,5 +431,8 @@ def campaign(
         )
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_bytes(msgspec.json.format(msgspec.json.encode(rows)))
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=_PIPE_WIDTH)
+    console.print(table)
     raise SystemExit(_exit_code(combine(verdicts)))
