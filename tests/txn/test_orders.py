@@ -133,3 +133,32 @@ def test_services_as_processes_over_http_with_the_payment_service_killed(tmp_pat
     assert result.exit_code == 0, result.output
     assert "1 crashes injected" in result.output
     assert "invariants: hold" in result.output
+
+
+def test_choreographed_services_as_processes_over_redis_streams(
+    tmp_path: Path, redis_server: object
+) -> None:
+    result = CliRunner().invoke(
+        txn,
+        [
+            "orders",
+            "--http",
+            "--mode",
+            "choreographed",
+            "--redis",
+            str(redis_server.url),  # type: ignore[attr-defined]
+            "--orders",
+            "24",
+            "--fail",
+            "payment=0.2,inventory=0.1,shipping=0.1",
+            "--crash",
+            "payment",
+            "--seed",
+            "3",
+            "--dir",
+            str(tmp_path),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "1 crashes injected" in result.output
+    assert "invariants: hold" in result.output

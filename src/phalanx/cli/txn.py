@@ -5,6 +5,7 @@
     phalanx txn orders --mode orchestrated --orders 200 \\
         --fail payment=0.2,inventory=0.1,shipping=0.1 --crash orchestrator --seed 7
     phalanx txn orders --http --orders 50 --fail payment=0.2 --crash payment   # processes
+    phalanx txn orders --http --mode choreographed --redis redis://127.0.0.1:6379/0 ...
     phalanx txn in-doubt --log 2pc.db --pg a='host=db1 dbname=a' --sqlite s=shop.db
     phalanx txn recover --coordinator app-1 --log 2pc.db --pg a='host=db1 dbname=a' ...
 
@@ -73,19 +74,41 @@ def txn() -> None:
 @click.option(
     "--http",
     is_flag=True,
-    help="Run each service as its own process over HTTP (orchestrated mode).",
+    help="Run each service as its own process: over HTTP (orchestrated) or over Redis "
+    "Streams (choreographed).",
 )
+@click.option("--redis", "redis_url", default=None, help="Redis URL, for --http choreographed.")
 def orders(
-    mode: str, count: int, fail: str, crash: str, seed: int, directory: str | None, http: bool
+    mode: str,
+    count: int,
+    fail: str,
+    crash: str,
+    seed: int,
+    directory: str | None,
+    http: bool,
+    redis_url: str | None,
 ) -> None:
     """Run N orders through the order flow and check the invariants."""
     faults = _parse_fail(fail)
     faults.seed = seed
-    if http and (mode != "orchestrated" or crash == "orchestrator"):
-        raise click.BadParameter("--http runs the orchestrated mode, with --crash none|payment")
+    if http and crash == "orchestrator":
+        raise click.BadParameter("with --http, --crash is none or payment")
+    if http and mode == "choreographed" and not redis_url:
+        raise click.BadParameter("--http --mode choreographed needs --redis URL (the broker)")
     with tempfile.TemporaryDirectory(prefix="phalanx-orders-") as tmp:
         where = Path(directory) if directory else Path(tmp)
-        if http:
+        if http and mode == "choreographed":
+            from phalanx.txn.orders.processes import run_orders_choreographed_processes
+
+            report = run_orders_choreographed_processes(
+                orders=count,
+                faults=faults,
+                crash=crash,
+                directory=where,
+                redis_url=str(redis_url),
+                seed=seed,
+            )
+        elif http:
             from phalanx.txn.orders.processes import run_orders_http
 
             report = run_orders_http(

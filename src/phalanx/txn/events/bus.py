@@ -85,15 +85,20 @@ class RedisStreamsBus:
         handler: EventHandler,
         *,
         count: int = 100,
+        block_ms: int | None = None,
     ) -> int:
-        """Handle this consumer's pending entries, then new ones; ack each after its
-        handler returned. Return how many were handled."""
+        """Handle this consumer's pending entries, then new ones (waiting up to ``block_ms``
+        for some); ack each after its handler returned. Return how many were handled."""
         self.ensure_group(aggregatetype, group)
         stream = self.stream(aggregatetype)
         handled = 0
         for start in ("0", ">"):  # "0": delivered to us before but never acknowledged
             reply = self.client.xreadgroup(
-                group, consumer, {stream: start}, count=min(count, READ_COUNT_MAX)
+                group,
+                consumer,
+                {stream: start},
+                count=min(count, READ_COUNT_MAX),
+                block=block_ms if start == ">" else None,
             )
             for _, entries in reply or []:
                 for entry_id, fields in entries:

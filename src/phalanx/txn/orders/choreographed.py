@@ -18,10 +18,18 @@ the order id as correlation id, so ``phalanx saga trace`` shows each order's who
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from phalanx.errors import Rejected, Unavailable
-from phalanx.txn.events import EmbeddedBus, Event, Relay, SqliteInbox, SqliteOutbox, new_event_id
+from phalanx.txn.events import (
+    EmbeddedBus,
+    Event,
+    Publisher,
+    Relay,
+    SqliteInbox,
+    SqliteOutbox,
+    new_event_id,
+)
 from phalanx.txn.orders.services import Shop
 
 __all__ = ["Choreography", "ServiceCrashed"]
@@ -38,7 +46,11 @@ React = Callable[[sqlite3.Connection, Event], "Event | None"]
 
 
 class Choreography:
-    """The four services wired to one embedded bus (see the module docstring).
+    """The services wired to one embedded bus (see the module docstring).
+
+    ``services`` limits which services this object runs (the others run in other
+    processes); ``publisher`` is where its relays send events (default: the embedded bus;
+    a :class:`~phalanx.txn.events.RedisStreamsBus` between processes).
 
     ``crash(service, event)``, when given, is asked before each handling commits; when it
     returns True the handler raises :class:`ServiceCrashed` after doing its work, so the work
@@ -52,9 +64,12 @@ class Choreography:
         now_s: Callable[[], float],
         crash: Callable[[str, Event], bool] | None = None,
         ids: Callable[[], str] = new_event_id,
+        services: Iterable[str] = ("orders", "inventory", "payments", "shipping"),
+        publisher: Publisher | None = None,
     ) -> None:
         self.shop = shop
         self.bus = EmbeddedBus()
+        self.services = frozenset(services)
         self._now_s = now_s
         self._crash = crash
         # Event ids must stay unique across restarts: inboxes remember them forever.
@@ -67,13 +82,17 @@ class Choreography:
             ("payments", shop.payments.conn),
             ("shipping", shop.shipping.conn),
         ):
+            if name not in self.services:
+                continue
             self._inboxes[name] = SqliteInbox(conn, name)
-            self.relays.append(Relay(SqliteOutbox(conn), self.bus, now_s=now_s))
+            target = publisher if publisher is not None else self.bus
+            self.relays.append(Relay(SqliteOutbox(conn), target, now_s=now_s))
         self._wire()
 
     def place(self, order_id: str, item: str, qty: int, amount: int) -> None:
         """The order service creates the order and emits OrderCreated, in one transaction."""
         conn = self.shop.orders.conn
+        SqliteOutbox(conn)  # the outbox table, whichever process relays it
         conn.execute("BEGIN IMMEDIATE")
         try:
             self.shop.orders.create(order_id, item, qty, amount)
@@ -106,6 +125,8 @@ class Choreography:
     # -- the reactions ------------------------------------------------------------------
 
     def _on(self, service: str, event_type: str, react: React) -> None:
+        if service not in self.services:
+            return  # another process runs that service
         inbox = self._inboxes[service]
 
         def handle(event: Event) -> None:

@@ -221,3 +221,107 @@ def _check(directory: Path, faults: Faults, dead: list[str], report: OrdersRepor
         report.violations = check_invariants(shop)
     finally:
         shop.close()
+
+
+#: How long the choreographed run may take before the runner gives up waiting.
+CHOREOGRAPHY_TIMEOUT_S: Final = 120.0
+
+
+@dataclass
+class _ChoreographyProcesses:
+    """The four choreography processes (:mod:`.choreo_process`) of one run."""
+
+    directory: Path
+    redis_url: str
+    prefix: str
+    faults_json: str
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, service: str) -> None:
+        args = [service, str(self.directory), self.redis_url, self.prefix, self.faults_json]
+        self.processes[service] = subprocess.Popen(  # noqa: S603 - our interpreter and module
+            [sys.executable, "-m", "phalanx.txn.orders.choreo_process", *args]
+        )
+
+    def kill(self, service: str) -> None:
+        self.processes[service].send_signal(signal.SIGKILL)
+        self.processes[service].wait(STOP_TIMEOUT_S)
+
+    def stop_all(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(STOP_TIMEOUT_S)
+
+
+def run_orders_choreographed_processes(
+    *,
+    orders: int,
+    faults: Faults,
+    crash: str,
+    directory: Path,
+    redis_url: str,
+    seed: int = 0,
+) -> OrdersReport:
+    """The choreographed order flow with each service in its own process and Redis Streams
+    between them. With ``crash="payment"`` the payment process is SIGKILLed once some
+    charges went through, and started again; its unacknowledged events are redelivered."""
+    import redis
+
+    from phalanx.txn.orders.choreographed import Choreography
+
+    if crash not in ("none", "payment"):
+        raise ValueError(f"crash: 'none' or 'payment' with service processes, got {crash!r}")
+    started = time.perf_counter()
+    directory.mkdir(parents=True, exist_ok=True)
+    f = faults
+    processes = _ChoreographyProcesses(
+        directory,
+        redis_url,
+        f"phalanx-orders-{os.getpid()}-{seed}-{time.time_ns()}:",
+        json.dumps([f.payment, f.inventory, f.shipping, f.seed]),
+    )
+    report = OrdersReport("choreographed, services as processes over Redis Streams", orders)
+    shop = Shop(directory, faults)
+    try:
+        for service in SERVICES:
+            processes.start(service)
+        placing = Choreography(shop, now_s=time.time, services=())
+        for order_id, item, qty, amount in placed_orders(orders, seed):
+            placing.place(order_id, item, qty, amount)
+        kill_after = random.Random(f"{seed}:choreo-crash").randint(1, max(1, orders // 3))
+        deadline = time.monotonic() + CHOREOGRAPHY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if crash == "payment" and report.crashes == 0 and _charges(shop) >= kill_after:
+                processes.kill("payments")
+                report.crashes += 1
+                processes.start("payments")
+            if _pending(shop) == 0:
+                break
+            time.sleep(0.05)
+    finally:
+        processes.stop_all()
+        shop.close()
+        client = redis.Redis.from_url(redis_url)
+        client.delete(f"{processes.prefix}order")
+        client.close()
+    _check(directory, faults, [], report)
+    report.elapsed_s = time.perf_counter() - started
+    return report
+
+
+def _pending(shop: Shop) -> int:
+    (count,) = shop.orders.conn.execute(
+        "SELECT count(*) FROM orders WHERE status = 'pending'"
+    ).fetchone()
+    return int(count)
+
+
+def _charges(shop: Shop) -> int:
+    (count,) = shop.payments.conn.execute("SELECT count(*) FROM charges").fetchone()
+    return int(count)
