@@ -121,3 +121,31 @@ def test_parameters_must_be_replayable(participant: SqliteParticipant) -> None:
     branch.finish(Decision.ABORT)
     branch.close()
     participant.close()
+
+
+def test_a_replay_that_conflicts_stays_prepared_and_is_reported(
+    participant: SqliteParticipant, tmp_path: Path
+) -> None:
+    """The documented limit: after the branch's process died, another writer changed what
+    it touched, so the replay fails; recovery reports it on every pass, nothing is lost."""
+    with sqlite3.connect(participant.path) as conn:
+        conn.execute("CREATE TABLE once (k TEXT PRIMARY KEY)")
+    conn.close()
+    gid = Gid("c1", 1, 7)
+    branch = participant.begin(gid.branch("s"))
+    branch.execute("INSERT INTO once VALUES ('x')")
+    branch.prepare()
+    branch.close()  # the process dies: the lock is gone with it
+    with sqlite3.connect(participant.path) as other:
+        other.execute("INSERT INTO once VALUES ('x')")  # another writer gets in first
+    other.close()
+    with SqliteDecisionLog(tmp_path / "log.db") as log:
+        log.decide(gid, Decision.COMMIT, ("s",), now_s=0.0)
+        with Coordinator("c1", log, [participant]) as coordinator:
+            for _ in range(2):
+                report = coordinator.recover()
+                assert len(report.errors) == 1
+                assert "IntegrityError" in report.errors[0]
+        assert [r.gid for r in log.unfinished("c1")] == [gid]
+    assert [p.gid for p in participant.prepared()] == [gid.branch("s")]
+    participant.close()

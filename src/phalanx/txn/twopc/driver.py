@@ -183,22 +183,25 @@ class Coordinator(Observable):
         report = RecoveryReport()
         with self._lock:
             active = set(self._active)
-        self._finish_logged(active, report)
-        self._resolve_orphans(active, report)
+        attempted = self._finish_logged(active, report)
+        self._resolve_orphans(active, report, attempted)
         with self._lock:
             self._counts["recovered"] += len(report.committed) + len(report.rolled_back)
         for gid in (*report.committed, *report.rolled_back):
             self._emitter.emit("recovered", self.clock.now_s(), {"branch": gid})
         return report
 
-    def _finish_logged(self, active: set[Gid], report: RecoveryReport) -> None:
-        """Commit everywhere the logged commits not yet ended, then end them."""
+    def _finish_logged(self, active: set[Gid], report: RecoveryReport) -> set[str]:
+        """Commit everywhere the logged commits not yet ended, then end them; return the
+        branch gids tried."""
+        attempted: set[str] = set()
         for record in self.log.unfinished(self.coordinator_id):
             if record.gid in active:
                 continue
             done = True
             for name in record.participants:
                 branch_gid = record.gid.branch(name)
+                attempted.add(branch_gid)
                 if self._apply(name, branch_gid, Decision.COMMIT, report):
                     report.committed.append(branch_gid)
                 else:
@@ -206,8 +209,11 @@ class Coordinator(Observable):
             if done:
                 self.log.end(record.gid)
                 report.ended += 1
+        return attempted
 
-    def _resolve_orphans(self, active: set[Gid], report: RecoveryReport) -> None:
+    def _resolve_orphans(
+        self, active: set[Gid], report: RecoveryReport, attempted: set[str]
+    ) -> None:
         """Settle this coordinator's prepared branches that no running transaction owns."""
         for name, participant in sorted(self.participants.items()):
             try:
@@ -219,8 +225,8 @@ class Coordinator(Observable):
                 parsed = parse_branch(branch.gid)
                 if parsed is None or parsed.gid.coordinator != self.coordinator_id:
                     continue
-                if parsed.gid in active or branch.gid in report.committed:
-                    continue
+                if parsed.gid in active or branch.gid in attempted:
+                    continue  # running here, or just tried with its logged commit
                 now_s = self.clock.wall_s()
                 decision = self.log.decide(parsed.gid, Decision.ABORT, (), now_s=now_s)
                 if self._apply(name, branch.gid, decision, report):
