@@ -106,7 +106,9 @@ def test_stale_local_reads_are_caught_under_partitions(tmp_path: Path) -> None:
     result = run_chaos(options, tmp_path)
     assert result.verdict is Verdict.INVALID, result.checker.results
     assert (tmp_path / "timeline.html").is_file()
-    assert "INVALID" in (tmp_path / "index.html").read_text()
+    page = (tmp_path / "index.html").read_text()
+    assert "INVALID" in page
+    assert "<iframe srcdoc=" in page  # the checker's timeline, embedded
 
 
 # -- the report and the command line, without a cluster -------------------------------------
