@@ -2,7 +2,9 @@
 
 :func:`service_app` is a small ASGI app for one service: ``POST /<operation>`` with a JSON
 body and an ``Idempotency-Key`` header runs the operation on the service's own database
-(the key is what makes a repeated request harmless); ``/healthz``, ``/ready`` and
+(the key is what makes a repeated request harmless), behind a
+:class:`~phalanx.resilience.Bulkhead` (more than it takes at once, and a bounded queue, get
+503); ``/healthz``, ``/ready`` and
 ``/startup`` are :class:`phalanx.health.HealthApp` probes, readiness checking the database.
 Answers: 200 done, 409 refused (:class:`~phalanx.errors.Rejected`: declined, short),
 503 unavailable (:class:`~phalanx.errors.Unavailable`: shipping down), 400 bad request.
@@ -27,9 +29,10 @@ from typing import Any, Final
 
 import httpx
 
-from phalanx.errors import BadRequest, Indeterminate, Rejected, Unavailable
+from phalanx.errors import BadRequest, BulkheadFull, Indeterminate, Rejected, Unavailable
 from phalanx.health import HealthApp, HealthRegistry, sqlite_check
 from phalanx.resilience.breaker import CircuitBreaker
+from phalanx.resilience.bulkhead import Bulkhead
 from phalanx.resilience.retry import Retry
 from phalanx.txn.orders.services import Faults, Inventory, Orders, Payments, Shipping
 
@@ -38,6 +41,9 @@ __all__ = ["SERVICES", "ServiceClient", "service_app"]
 SERVICES: Final = ("orders", "inventory", "payments", "shipping")
 BODY_BYTES_MAX: Final = 64 * 1024
 REQUEST_TIMEOUT_S: Final = 5.0
+BULKHEAD_CONCURRENT_MAX: Final = 8
+BULKHEAD_QUEUE_MAX: Final = 32
+BULKHEAD_WAIT_S: Final = 1.0
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -83,6 +89,14 @@ def service_app(service: str, directory: Path, faults: Faults) -> Callable[..., 
     registry.add("database", sqlite_check(directory / f"{service}.db"))
     health = HealthApp(registry)
     lock = asyncio.Lock()  # one SQLite writer per service process
+    # Requests beyond what the service takes at once wait a little, then get 503 instead of
+    # piling up (the orchestrator retries them).
+    bulkhead = Bulkhead(
+        max_concurrent=BULKHEAD_CONCURRENT_MAX,
+        max_queue=BULKHEAD_QUEUE_MAX,
+        max_wait_s=BULKHEAD_WAIT_S,
+        name=f"orders-{service}",
+    )
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -104,9 +118,15 @@ def service_app(service: str, directory: Path, faults: Faults) -> Callable[..., 
         if operation is None or not key:
             await _answer(send, 400, {"error": "unknown operation or no Idempotency-Key"})
             return
-        try:
+
+        async def run() -> None:
             async with lock:
                 await asyncio.to_thread(operation, key, json.loads(body or b"{}"))
+
+        try:
+            await bulkhead.acall(run)
+        except BulkheadFull as exc:
+            await _answer(send, 503, {"error": f"busy: {exc}"})
         except Rejected as exc:
             await _answer(send, 409, {"error": str(exc)})
         except Unavailable as exc:
