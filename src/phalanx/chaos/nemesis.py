@@ -30,16 +30,17 @@ fault (``kind``/shape)    what happens while the window is open
                           ``CLOCK_SKEW_MS_MAX`` either way: lease grants, renewals and
                           expiry follow the leader's skewed clock; reset at the close
 ``membership``            a follower is removed from the cluster through the client and
-                          added back (its data wiped, it rejoins with ``--join``) at the
-                          close
+                          stopped; at the close it is added back as a learner (its data
+                          wiped, started with ``--join``) and promoted to voter
 ========================  ===========================================================
 
 **The executor** (:class:`Nemesis`) runs a schedule against a cluster and records every
 fault into a history (:class:`~phalanx.chaos.history.Recorder`) as operations of process
 :data:`NEMESIS_PROCESS`: ``start-<kind>`` when a window opens (``output``: what was done, e.g.
 the grudge of a partition) and ``stop-<kind>`` when it closes, and ``heal`` for the final
-heal. A fault that could not be applied (no leader known, a node not answering) ends
-``fail`` with the reason; the run goes on.
+heal. A fault that could not be applied (no leader known, a membership change refused) ends
+``fail`` with the reason, and the run goes on; nodes that did not answer the admin endpoint
+(killed, paused, still starting) are listed as ``unreachable`` in the output.
 """
 
 from __future__ import annotations
