@@ -182,6 +182,7 @@ def _run_common(function: Callable[..., None]) -> Callable[..., None]:
         ),
         click.option(
             "--time-limit",
+            "--time",
             "time_limit_s",
             type=click.FloatRange(min=1.0, max=3600.0),
             default=30.0,
