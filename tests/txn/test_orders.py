@@ -112,7 +112,8 @@ def test_the_demo_shows_a_compensated_saga() -> None:
     assert text.index("compensation-done reserve") < text.index("compensation-done create")
 
 
-def test_services_as_processes_over_http_with_the_payment_service_killed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("crash", ["payment", "orchestrator"])
+def test_services_as_processes_over_http_with_a_process_killed(tmp_path: Path, crash: str) -> None:
     result = CliRunner().invoke(
         txn,
         [
@@ -123,7 +124,7 @@ def test_services_as_processes_over_http_with_the_payment_service_killed(tmp_pat
             "--fail",
             "payment=0.2,inventory=0.1,shipping=0.1",
             "--crash",
-            "payment",
+            crash,
             "--seed",
             "3",
             "--dir",

@@ -91,8 +91,8 @@ def orders(
     """Run N orders through the order flow and check the invariants."""
     faults = _parse_fail(fail)
     faults.seed = seed
-    if http and crash == "orchestrator":
-        raise click.BadParameter("with --http, --crash is none or payment")
+    if http and mode == "choreographed" and crash == "orchestrator":
+        raise click.BadParameter("a choreography has no orchestrator to crash")
     if http and mode == "choreographed" and not redis_url:
         raise click.BadParameter("--http --mode choreographed needs --redis URL (the broker)")
     with tempfile.TemporaryDirectory(prefix="phalanx-orders-") as tmp:

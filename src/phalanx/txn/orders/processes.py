@@ -5,8 +5,10 @@ processes on loopback, waits for their readiness probes, and runs the orders as
 orchestrated sagas whose steps call the services through :class:`~.services_http.ServiceClient`
 (breaker, retries with idempotency keys, timeouts). With ``crash="payment"`` the payment
 service process is SIGKILLed in the middle of the run and started again; requests in the
-meantime fail over to retries, and to compensation when the retries run out. Afterwards
-the invariants are checked on the services' databases.
+meantime fail over to retries, and to compensation when the retries run out. With
+``crash="orchestrator"`` an orchestrator process is SIGKILLed at a seeded step and a new
+one resumes its sagas after the lease. Afterwards the invariants are checked on the
+services' databases.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Final
 
 import httpx
 
+from phalanx.clock import SYSTEM_CLOCK, Clock, ManualClock
 from phalanx.txn.orders.invariants import check_invariants
 from phalanx.txn.orders.run import OrdersReport, placed_orders
 from phalanx.txn.orders.services import Faults, Shop
@@ -154,8 +157,8 @@ def run_orders_http(
     *, orders: int, faults: Faults, crash: str, directory: Path, seed: int = 0
 ) -> OrdersReport:
     """Run the orchestrated order flow against service processes (see the module docstring)."""
-    if crash not in ("none", "payment"):
-        raise ValueError(f"crash: 'none' or 'payment' with service processes, got {crash!r}")
+    if crash not in ("none", "payment", "orchestrator"):
+        raise ValueError(f"crash: none, payment or orchestrator, got {crash!r}")
     started = time.perf_counter()
     directory.mkdir(parents=True, exist_ok=True)
     Shop(directory, faults).close()  # create every database before the services start
@@ -187,12 +190,22 @@ def run_orders_http(
                 thread.start()
                 restarts.append(thread)
 
+        clock: Clock = SYSTEM_CLOCK
+        if crash == "orchestrator":
+            urls = {s: services.url(s) for s in SERVICES}
+            report.crashes += _kill_orchestrator(directory, faults, orders, seed, urls)
+            clock = ManualClock(wall_start_s=time.time() + 61)  # past the dead one's lease
         with httpx.Client() as client:
             clients = {s: ServiceClient(s, services.url(s), client) for s in SERVICES}
             definition = http_order_saga(clients, on_step)
             with SqliteSagaStore(directory / "sagas.db", synchronous="NORMAL") as store:
                 worker = SagaWorker(
-                    store, [definition], worker_id="orchestrator", lease_s=60, concurrency=4
+                    store,
+                    [definition],
+                    worker_id="orchestrator",
+                    lease_s=60,
+                    concurrency=4,
+                    clock=clock,
                 )
                 for order_id, item, qty, amount in placed_orders(orders, seed):
                     worker.start("order", order_id, {"item": item, "qty": qty, "amount": amount})
@@ -208,6 +221,34 @@ def run_orders_http(
     _check(directory, faults, [r.saga_id for r in dead], report)
     report.elapsed_s = time.perf_counter() - started
     return report
+
+
+def _kill_orchestrator(
+    directory: Path, faults: Faults, orders: int, seed: int, urls: dict[str, str]
+) -> int:
+    """Run an orchestrator process against the services; SIGKILL it at a seeded step."""
+    kill_at = random.Random(f"{seed}:http-orchestrator").randint(1, 2 * orders)
+    spec = {
+        "directory": str(directory),
+        "orders": orders,
+        "seed": seed,
+        "faults": [faults.payment, faults.inventory, faults.shipping, faults.seed],
+        "kill_at": kill_at,
+        "urls": urls,
+    }
+    child = subprocess.Popen(  # noqa: S603 - our interpreter and module
+        [sys.executable, "-m", "phalanx.txn.orders.orchestrator_process", json.dumps(spec)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None  # noqa: S101 - Popen with stdout=PIPE sets it
+    try:
+        line = child.stdout.readline().strip()
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.communicate(timeout=STOP_TIMEOUT_S)
+    return 1 if line == "STOP" else 0
 
 
 def _check(directory: Path, faults: Faults, dead: list[str], report: OrdersReport) -> None:
