@@ -1,4 +1,5 @@
-"""Chaos tooling: histories of client operations and the checkers that judge them.
+"""Chaos tooling: faults on real clusters, histories of client operations, and the checkers
+that judge them.
 
 =====================  ==========================================================================
 module                 what it owns
@@ -16,6 +17,12 @@ module                 what it owns
 ``monotonic``          monotonic reads per session
 ``check``              one entry point per model name, used by ``phalanx chaos check``
 ``generate``           seeded generators of histories, with planted anomalies
+``cluster``            a local cluster of ``phalanx node`` processes for a run
+``nemesis``            fault schedules from a seed and the faults themselves (processes, links,
+                       toxics, clocks, membership)
+``workloads``          register, kv, set, bank and lock workloads that record histories
+``runner``             ``phalanx chaos run``: cluster, workload, nemesis, heal, check, report
+``report``             the run's HTML report: verdict, faults and latency over time
 =====================  ==========================================================================
 
 See ``docs/chaos.md``.
