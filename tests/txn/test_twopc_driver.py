@@ -239,6 +239,8 @@ def test_sqlite_log_is_shared_between_processes_first_decision_wins(tmp_path: Pa
         assert two.outcome(gid) is None
         one.end(other)
         assert two.unfinished("c1") == []
+        # end() writes without an fsync, then the decisions are FULL-synced again.
+        assert one._conn.execute("PRAGMA synchronous").fetchone() == (2,)
         assert one.new_incarnation("c1") == 1
         assert two.new_incarnation("c1") == 2
 

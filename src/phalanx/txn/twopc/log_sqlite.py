@@ -5,7 +5,8 @@ run counter. ``decide`` runs ``INSERT ... ON CONFLICT DO NOTHING`` then reads th
 inside one ``BEGIN IMMEDIATE`` transaction, so coordinators and participants in other
 processes that share the file serialize on SQLite's write lock and agree on the first
 decision. ``synchronous=FULL`` by default: a decision survives a power cut once ``decide``
-returns, which is the promise phase 2 relies on.
+returns, which is the promise phase 2 relies on. Ending a transaction is written without an
+fsync (see :meth:`SqliteDecisionLog.end`).
 
 The file is a single point of failure of the coordinators that use it: while it is lost or
 unreachable, in-doubt participants wait (see ``docs/txn.md``, "The blocking window"). Put the
@@ -53,6 +54,7 @@ class SqliteDecisionLog:
         synchronous: str = "FULL",
     ) -> None:
         self.path = os.fspath(path)
+        self.synchronous = synchronous.upper()
         self._conn = open_database(
             self.path,
             what="decision log",
@@ -128,12 +130,23 @@ class SqliteDecisionLog:
         return None if row is None else Decision(row[0])
 
     def end(self, gid: Gid) -> None:
+        # An end record lost in a power cut only makes recovery commit the branches again
+        # (an unknown gid is done) and end the transaction again, so it needs no fsync: the
+        # delete is written with synchronous=NORMAL, halving the fsyncs per transaction.
         with self._lock:
-            self._conn.execute(
-                "DELETE FROM twopc_decisions WHERE coordinator = ? AND incarnation = ? "
-                "AND sequence = ? AND decision = 'commit'",
-                (gid.coordinator, gid.incarnation, gid.sequence),
-            )
+            conn = self._conn
+            relaxed = self.synchronous in ("FULL", "EXTRA")
+            if relaxed:
+                conn.execute("PRAGMA synchronous=NORMAL")
+            try:
+                conn.execute(
+                    "DELETE FROM twopc_decisions WHERE coordinator = ? AND incarnation = ? "
+                    "AND sequence = ? AND decision = 'commit'",
+                    (gid.coordinator, gid.incarnation, gid.sequence),
+                )
+            finally:
+                if relaxed:
+                    conn.execute(f"PRAGMA synchronous={self.synchronous}")
 
     def unfinished(self, coordinator: str) -> list[DecisionRecord]:
         with self._lock:
