@@ -5,7 +5,8 @@ from phalanx.cli.main import _register, cli
 
 def test_demo_runs_end_to_end_and_summarises() -> None:
     _register()
-    result = CliRunner().invoke(cli, ["demo", "--duration-s", "2", "--seed", "3"])
+    # The later acts have tests of their own (test_cluster_act, test_more_acts).
+    result = CliRunner().invoke(cli, ["demo", "--duration-s", "2", "--seed", "3", "--no-more"])
     assert result.exit_code == 0, result.output
     for phase in ("healthy", "latency spike", "outage", "recovered"):
         assert phase in result.output
