@@ -109,3 +109,32 @@ def test_recover_command_commits_a_logged_transaction(tmp_path: Path) -> None:
     assert "0 transactions finished" in again.output
     none = runner.invoke(txn, ["recover", "--coordinator", "c1", "--log", str(log_path)])
     assert none.exit_code != 0
+
+
+def test_resolve_command_asks_the_log_for_old_prepared_branches(tmp_path: Path) -> None:
+    db = tmp_path / "shop.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE t (v INT)")
+    conn.close()
+    participant = SqliteParticipant("s", db)
+    committed, undecided = Gid("c1", 1, 1), Gid("c1", 1, 2)
+    for gid, value in ((committed, 1), (undecided, 2)):
+        branch = participant.begin(gid.branch("s"))
+        branch.execute("INSERT INTO t VALUES (?)", (value,))
+        branch.prepare()
+        branch.close()
+    participant.close()
+    log_path = tmp_path / "log.db"
+    with SqliteDecisionLog(log_path) as log:
+        log.decide(committed, Decision.COMMIT, ("s",), now_s=0.0)
+    args = ["resolve", "--log", f"c1={log_path}", "--sqlite", f"s={db}", "--once"]
+    young = CliRunner().invoke(txn, args)
+    assert young.exit_code == 0, young.output
+    assert "2 prepared, not old enough yet" in young.output
+    result = CliRunner().invoke(txn, [*args, "--inquiry-after-s", "0"])
+    assert result.exit_code == 0, result.output
+    assert f"committed {committed.branch('s')}" in result.output
+    assert f"rolled back {undecided.branch('s')}" in result.output
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT v FROM t").fetchall() == [(1,)]
+    conn.close()

@@ -8,6 +8,7 @@
     phalanx txn orders --http --mode choreographed --redis redis://127.0.0.1:6379/0 ...
     phalanx txn in-doubt --log 2pc.db --pg a='host=db1 dbname=a' --sqlite s=shop.db
     phalanx txn recover --coordinator app-1 --log 2pc.db --pg a='host=db1 dbname=a' ...
+    phalanx txn resolve --log app-1=2pc.db --pg a='host=db1 dbname=a' [--once]
 
 ``orders`` runs the order flow on fresh SQLite databases, prints how many orders completed
 and how many were compensated, checks the invariants, and exits 1 if any is violated.
@@ -17,6 +18,7 @@ each; ``recover`` finishes the in-doubt transactions of a coordinator from its d
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -230,6 +232,67 @@ def in_doubt(log_path: str, postgres: tuple[str, ...], sqlite: tuple[str, ...]) 
         for participant in participants:
             participant.close()
     click.echo(f"{rows} prepared branches")
+
+
+@txn.command()
+@click.option(
+    "--log",
+    "logs",
+    multiple=True,
+    required=True,
+    help="A coordinator's decision log: COORDINATOR=PATH (SQLite); repeat for each.",
+)
+@click.option("--inquiry-after-s", type=click.FloatRange(min=0), default=30.0, show_default=True)
+@click.option("--interval-s", type=click.FloatRange(min=0.01), default=5.0, show_default=True)
+@click.option("--once", is_flag=True, help="One pass, then exit (for cron or tests).")
+@_with_participants
+def resolve(
+    logs: tuple[str, ...],
+    inquiry_after_s: float,
+    interval_s: float,
+    once: bool,
+    postgres: tuple[str, ...],
+    sqlite: tuple[str, ...],
+) -> None:
+    """Participant side: ask the coordinators' logs about branches prepared too long."""
+    import threading
+
+    from phalanx.txn.twopc import ParticipantResolver, Resolver, SqliteDecisionLog
+
+    opened = {}
+    for spec in logs:
+        coordinator_id, _, path = spec.partition("=")
+        opened[coordinator_id] = SqliteDecisionLog(path)
+    participants = _participants(postgres, sqlite)
+    try:
+        resolvers = [
+            ParticipantResolver(p, opened, inquiry_after_s=inquiry_after_s) for p in participants
+        ]
+        if once:
+            problems = 0
+            for participant, resolver in zip(participants, resolvers, strict=True):
+                report = resolver.run_once()
+                for gid in report.committed:
+                    click.echo(f"{participant.name}: committed {gid}")
+                for gid in report.rolled_back:
+                    click.echo(f"{participant.name}: rolled back {gid}")
+                for error in report.errors:
+                    click.echo(f"{participant.name}: not done: {error}", err=True)
+                problems += len(report.errors)
+                click.echo(f"{participant.name}: {report.waiting} prepared, not old enough yet")
+            if problems:
+                raise SystemExit(1)
+            return
+        stop = threading.Event()
+        with Resolver([r.run_once for r in resolvers], interval_s=interval_s):
+            click.echo("resolving in the background; Ctrl-C to stop")
+            with contextlib.suppress(KeyboardInterrupt):
+                stop.wait()
+    finally:
+        for participant in participants:
+            participant.close()
+        for log in opened.values():
+            log.close()
 
 
 @txn.command()
