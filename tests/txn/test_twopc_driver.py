@@ -23,10 +23,14 @@ from phalanx.txn.twopc import (
 )
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
+@pytest.fixture(params=["memory", "sqlite", "postgres", "kv"])
 def log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DecisionLog]:
     if request.param == "memory":
         yield MemoryDecisionLog()
+    elif request.param == "kv":
+        from phalanx.txn.twopc.log_kv import KvDecisionLog, MemoryCasStore
+
+        yield KvDecisionLog(MemoryCasStore())
     elif request.param == "sqlite":
         with SqliteDecisionLog(tmp_path / "decisions.db") as sqlite_log:
             yield sqlite_log

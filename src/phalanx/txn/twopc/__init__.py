@@ -3,8 +3,8 @@
 Pieces, from the protocol outwards:
 
 * :mod:`.coordinator`, :mod:`.participant`: the sans-I/O state machines;
-* :mod:`.log`, :mod:`.log_sqlite`, :mod:`.log_postgres`: the decision log (compare-and-set,
-  first decision wins);
+* :mod:`.log`, :mod:`.log_sqlite`, :mod:`.log_postgres`, :mod:`.log_kv`: the decision log
+  (compare-and-set, first decision wins), on one machine or on a replicated KV;
 * :mod:`.participants`: the Participant and Branch Protocols; :mod:`.memory`,
   :mod:`.postgres`, :mod:`.sqlite`: participants;
 * :mod:`.driver`: :class:`Coordinator`, which runs transactions and recovers its own;
@@ -26,6 +26,7 @@ from phalanx.txn.twopc.driver import (
 )
 from phalanx.txn.twopc.gid import BranchId, Gid, parse_branch
 from phalanx.txn.twopc.log import DecisionLog, DecisionRecord, MemoryDecisionLog
+from phalanx.txn.twopc.log_kv import CasStore, KvDecisionLog, MemoryCasStore
 from phalanx.txn.twopc.log_sqlite import SqliteDecisionLog
 from phalanx.txn.twopc.memory import MemoryBranch, MemoryParticipant
 from phalanx.txn.twopc.participant import BranchState, ParticipantMachine
@@ -42,6 +43,7 @@ __all__ = [
     "Branch",
     "BranchId",
     "BranchState",
+    "CasStore",
     "Coordinator",
     "CoordinatorMachine",
     "CoordinatorStatistics",
@@ -49,7 +51,9 @@ __all__ = [
     "DecisionLog",
     "DecisionRecord",
     "Gid",
+    "KvDecisionLog",
     "MemoryBranch",
+    "MemoryCasStore",
     "MemoryDecisionLog",
     "MemoryParticipant",
     "Participant",
