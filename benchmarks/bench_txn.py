@@ -33,6 +33,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -186,6 +187,34 @@ def bench_sagas(base: Path, count: int, synchronous: str, dsn: str | None = None
     )
 
 
+def bench_sagas_pg_workers(dsn: str, count: int, workers: int) -> None:
+    """``workers`` workers, each with its own PostgreSQL connection, sharing the log."""
+    stores = [PostgresSagaStore(dsn) for _ in range(workers)]
+    try:
+        starter = SagaWorker(stores[0], [order_saga()], worker_id="starter")
+        for i in range(count):
+            starter.start("order", f"m-{i}", {"order": i})
+        pool = [
+            SagaWorker(store, [order_saga()], worker_id=f"w{n}", claim_batch=16)
+            for n, store in enumerate(stores)
+        ]
+        start = time.perf_counter()
+        threads = [threading.Thread(target=w.run_until_idle) for w in pool]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed_s = time.perf_counter() - start
+        done = len(stores[0].find(status=SagaStatus.COMPLETED, limit=count * 2))
+    finally:
+        for store in stores:
+            store.close()
+    sys.stdout.write(
+        f"sagas, PostgreSQL log (fsync off), {workers} workers: {done} in {elapsed_s:.2f} s "
+        f"= {done / elapsed_s:.0f} sagas/s (started beforehand)\n"
+    )
+
+
 def bench_resume(base: Path, count: int, synchronous: str) -> None:
     path = base / f"resume-{synchronous}.db"
     with SqliteSagaStore(path, synchronous=synchronous) as store:
@@ -248,6 +277,8 @@ def main() -> None:
                 bench_sagas(
                     Path(tmp), args.sagas, "-", dsn=tpc_servers.create_database(servers[0], "sagas")
                 )
+            workers_dsn = tpc_servers.create_database(servers[0], "sagas4")
+            bench_sagas_pg_workers(workers_dsn, args.sagas, 4)
         count = args.transactions
         with tempfile.TemporaryDirectory(prefix="bench-txn-") as tmp:
             base = Path(tmp)
