@@ -6,7 +6,8 @@
 Sagas: the 4-step order saga with in-process step handlers, one worker, saga log in SQLite
 (``synchronous=FULL`` and ``NORMAL``): sagas per second from start to completed, and the time
 to resume 1000 sagas left in flight by a killed worker (its leases expired): how long until
-a new worker has claimed them all, and until all are completed.
+a new worker has claimed them all, and until all are completed. On PostgreSQL also with four
+workers sharing the log.
 
 It starts two throwaway PostgreSQL servers that allow prepared transactions (the helpers of
 ``tests/txn/tpc_servers.py``), then measures, with one client doing one transaction at a time:
