@@ -223,3 +223,25 @@ def test_restart_keeps_the_log_and_commit() -> None:
     raw = net.restart(2, applied=3)
     assert raw.status().applied == 3
     assert not raw.has_ready()
+
+
+def test_a_batch_of_proposals_goes_out_as_one_append() -> None:
+    net = Network()
+    net.elect(1)
+    net.trace.clear()
+    net[1].propose_batch([b"a", b"b", b"c"])
+    net.settle()
+    assert net.trace[:2] == [
+        ("APPEND", 1, 2, 1, 1, 1, (2, 3, 4), 1),
+        ("APPEND", 1, 3, 1, 1, 1, (2, 3, 4), 1),
+    ]
+    assert [net.data(n) for n in (1, 2, 3)] == [[b"a", b"b", b"c"]] * 3
+    net[1].propose_batch([])  # nothing to do
+    assert net[1].status().last_index == 4
+
+
+def test_a_batch_is_dropped_whole_without_a_leader() -> None:
+    net = Network()
+    with pytest.raises(ProposalDropped):
+        net[1].propose_batch([b"a", b"b"])
+    assert net[1].status().last_index == 0

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from phalanx.errors import invariant
@@ -140,6 +141,16 @@ class RawNode:
     def propose(self, data: bytes) -> None:
         """Propose ``data`` for the log. Raises ProposalDropped when it cannot be accepted."""
         self._propose(Entry(term=0, index=0, type=EntryType.NORMAL, data=data))
+
+    def propose_batch(self, datas: Sequence[bytes]) -> None:
+        """Propose several entries at once, in order: one append to each follower instead of
+        one per entry. All or none are accepted (ProposalDropped)."""
+        if not datas:
+            return
+        entries = tuple(Entry(term=0, index=0, type=EntryType.NORMAL, data=d) for d in datas)
+        self._raft.step(
+            Message(type=MessageType.PROPOSE, src=self.id, dst=self.id, term=0, entries=entries)
+        )
 
     def propose_conf_change(self, change: ConfChange) -> None:
         """Propose a membership change; a refused one commits as an empty entry instead."""
