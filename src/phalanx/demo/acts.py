@@ -69,8 +69,9 @@ def run_chaos_act(console: Console, *, seed: int = 1) -> bool:
         fault_s=(1.0, 2.0),
         quiet_s=(0.5, 1.0),
     )
-    with tempfile.TemporaryDirectory(prefix="phalanx-demo-chaos-") as folder:
-        result = run_chaos(options, Path(folder))
+    # Kept after the demo: the report is the point.
+    out = Path(tempfile.mkdtemp(prefix="phalanx-demo-chaos-"))
+    result = run_chaos(options, out)
     table = Table(show_header=True, header_style="bold")
     table.add_column("at s", justify="right")
     table.add_column("fault")
@@ -86,4 +87,5 @@ def run_chaos_act(console: Console, *, seed: int = 1) -> bool:
         f"unknown. Linearizability check: [bold]{result.verdict.value}[/bold] "
         f"({result.check_s:.2f} s). Replay with: {result.command}"
     )
+    console.print(f"Report: file://{out / 'index.html'}")
     return result.verdict == Verdict.VALID and result.error is None
