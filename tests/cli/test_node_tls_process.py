@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -32,6 +33,20 @@ def test_node_process_with_mutual_tls(tmp_path: Path, certs: Any) -> None:
         with Client([f"127.0.0.1:{client}"], ssl=tls.client_context()) as secure:
             secure.put(b"k", b"v")
             assert secure.get(b"k") == b"v"
+        # The command line takes its TLS files from the environment.
+        env = {
+            **os.environ,
+            "PHALANX_ENDPOINTS": f"127.0.0.1:{client}",
+            "PHALANX_TLS_CA": str(certs.ca),
+            "PHALANX_TLS_CERT": str(certs.cert),
+            "PHALANX_TLS_KEY": str(certs.key),
+        }
+        cli = [sys.executable, "-c", "from phalanx.cli.main import main; main()", "kv"]
+        got = subprocess.run(
+            [*cli, "get", "k"], env=env, capture_output=True, text=True, check=False
+        )
+        assert got.returncode == 0, got.stderr
+        assert got.stdout.split() == ["k", "v"]
         with (
             Client([f"127.0.0.1:{client}"], total_timeout_s=1) as plain,
             pytest.raises((Unavailable, Indeterminate, Timeout)),

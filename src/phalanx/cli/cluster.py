@@ -116,10 +116,13 @@ def _endpoints(given: str | None, data_dir: str) -> list[str]:
 
 def _call(endpoints: Sequence[str], call: Callable[[Any], Awaitable[T]]) -> T:
     """Run ``call(client)`` with an ``AsyncClient`` of ``endpoints``; errors become messages."""
+    from phalanx.cli.endpoints import client_tls
     from phalanx.client import AsyncClient
 
     async def main() -> T:
-        async with AsyncClient(endpoints, total_timeout_s=CALL_TIMEOUT_S) as client:
+        async with AsyncClient(
+            endpoints, total_timeout_s=CALL_TIMEOUT_S, ssl=client_tls()
+        ) as client:
             return await call(client)
 
     try:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Final
 
 import click
 
-from phalanx.cli.endpoints import resolve_endpoints
+from phalanx.cli.endpoints import client_tls, resolve_endpoints
 from phalanx.cli.lock import CALL_TIMEOUT_S, EXIT_LOCK_LOST, handle_signals
 
 if TYPE_CHECKING:
@@ -93,7 +93,9 @@ async def run_elect(
         stop.set()
 
     try:
-        async with AsyncClient(endpoints, total_timeout_s=CALL_TIMEOUT_S) as client:
+        async with AsyncClient(
+            endpoints, total_timeout_s=CALL_TIMEOUT_S, ssl=client_tls()
+        ) as client:
             election = Election(client, name, ttl_s=ttl_s)
             with handle_signals(on_signal):
                 if value is not None:

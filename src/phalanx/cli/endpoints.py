@@ -4,12 +4,17 @@ In order: the ``--endpoints host:port,...`` option, then ``$PHALANX_ENDPOINTS`` 
 then the ``"endpoints"`` list of ``./.phalanx/cluster.json``, which ``phalanx cluster up``
 writes for a local cluster (so commands run from the same folder need no flags). When none
 gives an endpoint the command stops with a usage error that says all three.
+
+TLS: when ``$PHALANX_TLS_CA`` names a CA file, the commands connect with TLS and verify the
+nodes against it; ``$PHALANX_TLS_CERT`` and ``$PHALANX_TLS_KEY`` add a client certificate for
+nodes that require mutual TLS (``phalanx node --tls-mutual``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import ssl
 from pathlib import Path
 from typing import Final
 
@@ -18,7 +23,13 @@ import click
 from phalanx.client.client import parse_endpoint
 from phalanx.errors import BadRequest
 
-__all__ = ["CLUSTER_FILE_DEFAULT", "ENDPOINTS_ENV", "ENDPOINTS_MAX", "resolve_endpoints"]
+__all__ = [
+    "CLUSTER_FILE_DEFAULT",
+    "ENDPOINTS_ENV",
+    "ENDPOINTS_MAX",
+    "client_tls",
+    "resolve_endpoints",
+]
 
 ENDPOINTS_ENV: Final = "PHALANX_ENDPOINTS"
 #: The record ``phalanx cluster up`` writes, relative to the working directory.
@@ -86,3 +97,24 @@ def resolve_endpoints(option: str | None, *, cluster_file: Path | str | None = N
         f"no cluster endpoints: pass --endpoints host:port,..., set ${ENDPOINTS_ENV}, "
         f"or run from the folder of a local cluster ({path} from `phalanx cluster up`)"
     )
+
+
+def client_tls() -> ssl.SSLContext | None:
+    """The TLS context ``$PHALANX_TLS_CA`` / ``_CERT`` / ``_KEY`` describe, or None (plain)."""
+    ca = os.environ.get("PHALANX_TLS_CA", "").strip()
+    cert = os.environ.get("PHALANX_TLS_CERT", "").strip()
+    key = os.environ.get("PHALANX_TLS_KEY", "").strip()
+    if not ca:
+        if cert or key:
+            raise click.UsageError("$PHALANX_TLS_CERT and $PHALANX_TLS_KEY need $PHALANX_TLS_CA")
+        return None
+    if bool(cert) != bool(key):
+        raise click.UsageError("$PHALANX_TLS_CERT and $PHALANX_TLS_KEY go together")
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if cert:
+            context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise click.UsageError(f"TLS files: {exc}") from None
+    return context

@@ -78,12 +78,15 @@ def _resolve(given: str | None) -> list[str]:
 def _call(given: str | None, call: Callable[[Any], Awaitable[T]], *, write: bool = True) -> T:
     """Run ``call(client)`` against the cluster; errors become a message and an exit status
     (for a ``write``, an unknown outcome is said and has its own status)."""
+    from phalanx.cli.endpoints import client_tls
     from phalanx.client import AsyncClient
 
     endpoints = _resolve(given)
 
     async def main() -> T:
-        async with AsyncClient(endpoints, total_timeout_s=CALL_TIMEOUT_S) as client:
+        async with AsyncClient(
+            endpoints, total_timeout_s=CALL_TIMEOUT_S, ssl=client_tls()
+        ) as client:
             return await call(client)
 
     try:

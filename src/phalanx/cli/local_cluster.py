@@ -434,11 +434,12 @@ async def collect_status(
     timeout_s: float = STATUS_TIMEOUT_S,
 ) -> list[MemberStatus]:
     """Every endpoint's status, asked at once, each bounded by ``timeout_s``."""
+    from phalanx.cli.endpoints import client_tls
     from phalanx.client import AsyncClient
 
     https = list(http) if http is not None else [None] * len(endpoints)
     async with AsyncClient(
-        endpoints, request_timeout_s=timeout_s, connect_timeout_s=timeout_s
+        endpoints, request_timeout_s=timeout_s, connect_timeout_s=timeout_s, ssl=client_tls()
     ) as client:
 
         async def one(endpoint: str, http_address: str | None) -> MemberStatus:

@@ -19,7 +19,7 @@ from typing import Final
 
 import click
 
-from phalanx.cli.endpoints import resolve_endpoints
+from phalanx.cli.endpoints import client_tls, resolve_endpoints
 
 __all__ = ["EXIT_LOCK_LOST", "FENCING_TOKEN_ENV", "handle_signals", "lock"]
 
@@ -83,7 +83,7 @@ async def run_locked(
     from phalanx.client.lock import Lock
     from phalanx.errors import PhalanxError
 
-    async with AsyncClient(endpoints, total_timeout_s=CALL_TIMEOUT_S) as client:
+    async with AsyncClient(endpoints, total_timeout_s=CALL_TIMEOUT_S, ssl=client_tls()) as client:
         lock = Lock(client, name, ttl_s=ttl_s)
         try:
             held = await lock.acquire(timeout_s=timeout_s)
