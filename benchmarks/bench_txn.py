@@ -1,13 +1,21 @@
 """Two-phase commit and sagas, run by hand (numbers go to docs/benchmarks.md, section
 "Transactions"):
 
-    .venv/bin/python benchmarks/bench_txn.py [--transactions N] [--sagas N] [--only 2pc|saga]
+    .venv/bin/python benchmarks/bench_txn.py [--transactions N] [--sagas N]
+                                             [--only 2pc|saga|saga-pg]
 
 Sagas: the 4-step order saga with in-process step handlers, one worker, saga log in SQLite
 (``synchronous=FULL`` and ``NORMAL``): sagas per second from start to completed, and the time
 to resume 1000 sagas left in flight by a killed worker (its leases expired): how long until
 a new worker has claimed them all, and until all are completed. On PostgreSQL also with four
 workers sharing the log.
+
+Side by side with DBOS Transact on the same PostgreSQL server (its own database there, the
+server's durability settings the same for both): the same four steps as a DBOS workflow,
+run from one thread and from four, and the time for a relaunched DBOS process to finish
+1000 workflows whose process was SIGKILLed after their first step (``txn_dbos_child.py``).
+Phalanx's resume is measured on the same server too. ``--only saga-pg`` runs just these
+PostgreSQL saga measurements, on one server.
 
 It starts two throwaway PostgreSQL servers that allow prepared transactions (the helpers of
 ``tests/txn/tpc_servers.py``), then measures, with one client doing one transaction at a time:
@@ -28,6 +36,7 @@ trips and the log's fsync, not the servers' disks. It reports; it asserts nothin
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sqlite3
@@ -67,6 +76,8 @@ from phalanx.txn.twopc import (  # noqa: E402
 )
 
 CHILD = ROOT / "tests" / "txn" / "twopc_child.py"
+DBOS_CHILD = ROOT / "benchmarks" / "txn_dbos_child.py"
+RESUME_COUNT = 1000
 RECOVER = """
 import sys
 from phalanx.txn.twopc import Coordinator, PostgresParticipant, SqliteDecisionLog
@@ -216,9 +227,8 @@ def bench_sagas_pg_workers(dsn: str, count: int, workers: int) -> None:
     )
 
 
-def bench_resume(base: Path, count: int, synchronous: str) -> None:
-    path = base / f"resume-{synchronous}.db"
-    with SqliteSagaStore(path, synchronous=synchronous) as store:
+def bench_resume(store: Any, count: int, where: str) -> None:
+    with store:
         dead = SagaWorker(store, [order_saga()], worker_id="dead", lease_s=30)
         for i in range(count):
             dead.start("order", f"r-{i}", {"order": i})
@@ -244,9 +254,56 @@ def bench_resume(base: Path, count: int, synchronous: str) -> None:
         finished_s = time.perf_counter() - start
         done = len(store.find(status=SagaStatus.COMPLETED, limit=count))
     sys.stdout.write(
-        f"resume {count} sagas after a kill ({synchronous}): all {taken} claimed in "
+        f"resume {count} sagas after a kill ({where}): all {taken} claimed in "
         f"{claimed_s * 1e3:.0f} ms, {done} completed in {finished_s:.2f} s\n"
     )
+
+
+def dbos_child(*args: str) -> dict[str, float]:
+    result = subprocess.run(
+        [sys.executable, str(DBOS_CHILD), *args], capture_output=True, text=True, check=True
+    )
+    parsed: dict[str, float] = json.loads(result.stdout.splitlines()[-1])
+    return parsed
+
+
+def bench_dbos(server: Any, count: int, resume_count: int) -> None:
+    """DBOS Transact on ``server`` (see ``txn_dbos_child.py``); its own database there."""
+    url = f"postgresql://postgres@127.0.0.1:{server.port}/dbos_bench"
+    for threads in (1, 4):
+        run = dbos_child("throughput", url, str(count), str(threads))
+        sys.stdout.write(
+            f"sagas, DBOS workflow on PostgreSQL (fsync off), {threads} thread(s): "
+            f"{run['done']:.0f} in {run['elapsed_s']:.2f} s "
+            f"= {run['done'] / run['elapsed_s']:.0f} workflows/s\n"
+        )
+    child = subprocess.Popen(
+        [sys.executable, str(DBOS_CHILD), "crash", url, str(resume_count)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    ready = child.stdout.readline().strip()
+    child.send_signal(signal.SIGKILL)
+    child.communicate()
+    if ready != "READY":
+        sys.stdout.write("resume, DBOS: the crashing child did not get ready\n")
+        return
+    run = dbos_child("resume", url, str(resume_count))
+    sys.stdout.write(
+        f"resume {resume_count} workflows after a SIGKILL (DBOS, PostgreSQL): launch "
+        f"{run['launched_s'] * 1e3:.0f} ms, {run['done']:.0f} completed in "
+        f"{run['elapsed_s']:.2f} s\n"
+    )
+
+
+def bench_postgres_sagas(server: Any, count: int) -> None:
+    """Phalanx's PostgreSQL saga log and DBOS, one after the other on the same server."""
+    bench_sagas(Path(), count, "-", dsn=tpc_servers.create_database(server, "sagas"))
+    bench_sagas_pg_workers(tpc_servers.create_database(server, "sagas4"), count, 4)
+    resume_dsn = tpc_servers.create_database(server, "resume")
+    bench_resume(PostgresSagaStore(resume_dsn), RESUME_COUNT, "PostgreSQL, fsync off")
+    bench_dbos(server, count, RESUME_COUNT)
 
 
 def main() -> None:
@@ -254,13 +311,23 @@ def main() -> None:
     parser.add_argument("--transactions", type=int, default=1000)
     parser.add_argument("--crash-rounds", type=int, default=5)
     parser.add_argument("--sagas", type=int, default=1000)
-    parser.add_argument("--only", choices=("2pc", "saga"), default=None)
+    parser.add_argument("--only", choices=("2pc", "saga", "saga-pg"), default=None)
     args = parser.parse_args()
+    if args.only == "saga-pg":
+        server = tpc_servers.start_tpc_server()
+        try:
+            bench_postgres_sagas(server, args.sagas)
+        finally:
+            server.stop()
+        return
     if args.only != "2pc":
         with tempfile.TemporaryDirectory(prefix="bench-saga-") as tmp:
             for synchronous in ("FULL", "NORMAL"):
                 bench_sagas(Path(tmp), args.sagas, synchronous)
-                bench_resume(Path(tmp), 1000, synchronous)
+                store = SqliteSagaStore(
+                    Path(tmp) / f"resume-{synchronous}.db", synchronous=synchronous
+                )
+                bench_resume(store, RESUME_COUNT, synchronous)
     if args.only == "saga":
         return
     servers: list[Any] = []
@@ -274,12 +341,7 @@ def main() -> None:
             dsns.append(dsn)
         dsn_a, dsn_b = dsns
         if args.only is None:
-            with tempfile.TemporaryDirectory(prefix="bench-saga-") as tmp:
-                bench_sagas(
-                    Path(tmp), args.sagas, "-", dsn=tpc_servers.create_database(servers[0], "sagas")
-                )
-            workers_dsn = tpc_servers.create_database(servers[0], "sagas4")
-            bench_sagas_pg_workers(workers_dsn, args.sagas, 4)
+            bench_postgres_sagas(servers[0], args.sagas)
         count = args.transactions
         with tempfile.TemporaryDirectory(prefix="bench-txn-") as tmp:
             base = Path(tmp)
