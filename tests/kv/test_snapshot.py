@@ -68,3 +68,20 @@ def test_a_corrupt_snapshot_is_refused_and_changes_nothing() -> None:
     with pytest.raises(InvariantViolation):
         store.restore(b"\x93garbage")
     assert store.snapshot() == before
+
+
+def test_chunked_encoding_gives_the_same_bytes() -> None:
+    from phalanx.kv import DeleteRange, KVStore, Proposal, Put, RegisterSession, encode_proposal
+    from phalanx.kv.snapshot import encode_chunks, image_of, take
+
+    for writes in (0, 3, 40, 5000):
+        store = KVStore()
+        for index in range(1, writes + 1):
+            if index % 50 == 0:
+                command: object = RegisterSession()
+            elif index % 7 == 0:
+                command = DeleteRange(b"k%04d" % (index % 300))
+            else:
+                command = Put(b"k%04d" % (index % 300), b"v" * (index % 9))
+            store.apply(index, encode_proposal(Proposal(command, now_ms=index)))  # type: ignore[arg-type]
+        assert b"".join(encode_chunks(image_of(store), chunk_items=7)) == take(store)

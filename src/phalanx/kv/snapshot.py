@@ -9,6 +9,7 @@ Restoring checks the image's invariants before replacing anything.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -22,7 +23,16 @@ from phalanx.kv.watch import Event
 if TYPE_CHECKING:
     from phalanx.kv.store import KVStore
 
-__all__ = ["FORMAT", "Image", "LeaseImage", "SessionImage", "restore_into", "take"]
+__all__ = [
+    "FORMAT",
+    "Image",
+    "LeaseImage",
+    "SessionImage",
+    "encode_chunks",
+    "image_of",
+    "restore_into",
+    "take",
+]
 
 #: Bumped when the image layout changes.
 FORMAT = 1
@@ -88,6 +98,36 @@ def image_of(store: KVStore) -> Image:
 def take(store: KVStore) -> bytes:
     """The snapshot bytes of ``store``."""
     return _ENCODER.encode(image_of(store))
+
+
+#: Histories or events encoded per chunk by :func:`encode_chunks`.
+CHUNK_ITEMS = 512
+_LONG_FIELDS = frozenset({"histories", "events"})
+
+
+def _array_header(length: int) -> bytes:
+    if length < 16:
+        return bytes([0x90 | length])
+    if length < 1 << 16:
+        return b"\xdc" + length.to_bytes(2, "big")
+    return b"\xdd" + length.to_bytes(4, "big")
+
+
+def encode_chunks(image: Image, chunk_items: int = CHUNK_ITEMS) -> Iterator[bytes]:
+    """The bytes of ``take`` for ``image``, a piece at a time (MessagePack arrays are their
+    header followed by their items), so a caller can encode a large state without holding
+    its event loop for the whole of it: ``b"".join(encode_chunks(image_of(store)))`` equals
+    ``take(store)``. ``image`` is immutable, so the store may change meanwhile."""
+    names = image.__struct_fields__
+    yield _array_header(len(names))
+    for name in names:
+        value = getattr(image, name)
+        if name not in _LONG_FIELDS:
+            yield _ENCODER.encode(value)
+            continue
+        yield _array_header(len(value))
+        for start in range(0, len(value), chunk_items):
+            yield b"".join(_ENCODER.encode(item) for item in value[start : start + chunk_items])
 
 
 def _check(image: Image) -> None:

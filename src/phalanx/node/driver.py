@@ -46,6 +46,7 @@ from phalanx.kv import KVStore, Proposal, Put, Range, WatchHub, encode_proposal
 from phalanx.kv.commands import Command, DeleteRange, LeaseExpire, LeaseRenewAll
 from phalanx.kv.lease import expire_proposal
 from phalanx.kv.responses import Error, PutResult, RangeResult, Response
+from phalanx.kv.snapshot import encode_chunks, image_of
 from phalanx.net import PeerTransport
 from phalanx.net.faults import LinkFaults
 from phalanx.net.tls import TlsFiles
@@ -89,6 +90,9 @@ Address = tuple[str, int]
 REQUEST_TIMEOUT_S = 5.0
 #: Applied entries between two snapshots of the state machine.
 SNAPSHOT_ENTRIES = 10_000
+#: Encoded pieces of a snapshot (of ``phalanx.kv.snapshot.CHUNK_ITEMS`` keys or events each)
+#: between two yields to the event loop while a snapshot is taken.
+SNAPSHOT_CHUNKS_PER_YIELD = 4
 #: Entries kept in the log behind a snapshot, so a follower that lags by fewer catches up
 #: from the log instead of receiving the whole snapshot.
 SNAPSHOT_KEEP_ENTRIES = 2_000
@@ -178,15 +182,7 @@ class RaftNode:
         self._stop = asyncio.Event()
         self._stopping = False
         self._closed = False
-        # Proposals not yet handed to the core (see ``_flush_batch``).
-        self._batch: list[tuple[bytes, asyncio.Future[Response]]] = []
-        # Proposals waiting for their entry: index -> (term proposed in, future).
-        self._proposals: dict[int, tuple[int, asyncio.Future[Response]]] = {}
-        # Reads waiting for their ReadState (by context), then for the apply index.
-        self._reads: dict[bytes, asyncio.Future[int]] = {}
-        self._read_waits: list[tuple[int, asyncio.Future[None]]] = []
-        self._apply_waiters: list[asyncio.Future[None]] = []
-        self._contexts = itertools.count(1)
+        self._init_waiters()
         self._role = Role.FOLLOWER
         self._leader = NONE
         self._term = 0
@@ -194,6 +190,8 @@ class RaftNode:
         self._snapshot_index = 0
         self._durable_vote = (0, 0)  # the (term, vote) last fsynced
         self._snapshot_lock = asyncio.Lock()
+        self._snapshot_task: asyncio.Task[int] | None = None
+        self._group: asyncio.TaskGroup | None = None
         #: The commit index learned from the first leader heard of (readiness: applied to it).
         self.startup_commit_index: int | None = None
         self._client_listen = client_listen
@@ -203,6 +201,17 @@ class RaftNode:
         self.faults = LinkFaults()
         #: The voter this node handed leadership to when it closed (0: none).
         self.handed_over_to = 0
+
+    def _init_waiters(self) -> None:
+        # Proposals not yet handed to the core (see ``_flush_batch``).
+        self._batch: list[tuple[bytes, asyncio.Future[Response]]] = []
+        # Proposals waiting for their entry: index -> (term proposed in, future).
+        self._proposals: dict[int, tuple[int, asyncio.Future[Response]]] = {}
+        # Reads waiting for their ReadState (by context), then for the apply index.
+        self._reads: dict[bytes, asyncio.Future[int]] = {}
+        self._read_waits: list[tuple[int, asyncio.Future[None]]] = []
+        self._apply_waiters: list[asyncio.Future[None]] = []
+        self._contexts = itertools.count(1)
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -273,6 +282,7 @@ class RaftNode:
         storage = self._core_storage()
         try:
             async with asyncio.TaskGroup() as tg:
+                self._group = tg
                 tg.create_task(transport.run(), name=f"phalanx-net-{self.id}")
                 await transport.wait_listening()
                 ticker = tg.create_task(self._tick_loop(), name=f"phalanx-tick-{self.id}")
@@ -454,7 +464,7 @@ class RaftNode:
             while node.has_ready():
                 await self._handle(node, node.ready())
                 self._flush_batch(node)
-            await self._maybe_snapshot()
+            self._maybe_snapshot()
 
     async def _handle(self, node: RawNode, ready: Ready) -> None:
         storage = self._core_storage()
@@ -560,14 +570,24 @@ class RaftNode:
             for node_id in known - set(peers):
                 transport.remove_peer(node_id)
 
-    async def _maybe_snapshot(self) -> None:
-        if self.store.applied_index - self._snapshot_index >= self._snapshot_entries:
-            await self.snapshot(compact_at_least=0)
+    def _maybe_snapshot(self) -> None:
+        if self.store.applied_index - self._snapshot_index < self._snapshot_entries:
+            return
+        if self._group is None or self._stopping:
+            return
+        if self._snapshot_task is None or self._snapshot_task.done():
+            # Beside the Ready loop, not in it: writes keep flowing while it is taken.
+            self._snapshot_task = self._group.create_task(
+                self.snapshot(), name=f"phalanx-snapshot-{self.id}"
+            )
 
     async def snapshot(self, *, compact_at_least: int = 0) -> int:
         """Snapshot the state machine at its applied index and compact the log behind it,
         keeping ``snapshot_keep_entries`` entries, or fewer so that at least the entries up to
         ``compact_at_least`` go. Returns the snapshot's index (0 when there was nothing new).
+
+        The state is captured at once (an immutable image), then encoded a piece at a time,
+        yielding to the event loop between pieces, and written by a worker thread.
 
         A member added at runtime starts with an empty log and does not know the initial
         membership, which is not in the log; compacting the first entry away makes the
@@ -579,8 +599,14 @@ class RaftNode:
             if applied <= self._snapshot_index or self._stopping:
                 return 0
             storage = self._core_storage()
-            data = self.store.snapshot()
+            image = image_of(self.store)
             conf = node.status().conf_state
+            parts: list[bytes] = []
+            for count, chunk in enumerate(encode_chunks(image), start=1):
+                parts.append(chunk)
+                if count % SNAPSHOT_CHUNKS_PER_YIELD == 0:
+                    await asyncio.sleep(0)
+            data = b"".join(parts)
             await asyncio.to_thread(storage.create_snapshot, applied, conf, data)
             self._snapshot_index = applied
             compact_to = min(applied, max(applied - self._snapshot_keep_entries, compact_at_least))

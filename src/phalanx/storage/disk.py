@@ -377,24 +377,29 @@ class DiskStorage:
         The entries stay until :meth:`compact`; the previous snapshot's file is removed once
         the log names the new one.
         """
+        snapshot = Snapshot(SnapshotMeta(index, self._snapshot_term(index), conf_state), data)
+        # The file is written (and fsynced) before taking the write lock, so a large snapshot
+        # does not hold up the saves of the Readys meanwhile; only its log record needs it.
+        self._snapshots.write(snapshot)
         with self._write_lock:
-            with self._lock:
-                log = self._log
-                invariant(index > log.snapshot.index, "snapshot index must move forward")
-                invariant(
-                    log.offset <= index <= log.last_index(), f"index {index} is not in the log"
-                )
-                term = (
-                    log.offset_term
-                    if index == log.offset
-                    else log.entries[index - log.offset - 1].term
-                )
-            snapshot = Snapshot(SnapshotMeta(index, term, conf_state), data)
-            self._snapshots.write(snapshot)
+            # Applied entries are never truncated: the entry must be the one snapshotted.
+            invariant(
+                self._snapshot_term(index) == snapshot.meta.term,
+                f"entry {index} changed while its snapshot was written",
+            )
             record = SnapshotRecord(snapshot.meta, install=False)
             self._write([(record, RecordType.SNAPSHOT, _encoder.encode(record))], snapshot)
             self._snapshots.remove_except(snapshot.meta)
             return snapshot
+
+    def _snapshot_term(self, index: int) -> int:
+        with self._lock:
+            log = self._log
+            invariant(index > log.snapshot.index, "snapshot index must move forward")
+            invariant(log.offset <= index <= log.last_index(), f"index {index} is not in the log")
+            return (
+                log.offset_term if index == log.offset else log.entries[index - log.offset - 1].term
+            )
 
     def compact(self, index: int) -> None:
         """Drop entries up to and including ``index``, and the segments holding only those."""
