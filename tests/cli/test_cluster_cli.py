@@ -40,7 +40,9 @@ from phalanx.kv.commands import CompareOp, CompareTarget, DeleteRange, Put, Rang
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="signals and subprocesses")
 
 COMMAND_TIMEOUT_S = 60.0
-TICK_MS = "20"
+# The default tick (election timeout 1-2 s): a loaded machine must not cause elections
+# between the steps that read who leads.
+TICK_MS = "100"
 
 
 @dataclass(frozen=True)
