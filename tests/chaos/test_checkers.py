@@ -2,7 +2,7 @@
 
 import pytest
 
-from chaos.helpers import FAIL, INFO, Ops
+from chaos.helpers import FAIL, INFO, OK, Ops
 from phalanx.chaos.bank import check_bank
 from phalanx.chaos.check import check_history
 from phalanx.chaos.history import HistoryError
@@ -10,6 +10,7 @@ from phalanx.chaos.lockcheck import check_lock, holds
 from phalanx.chaos.monotonic import check_monotonic_reads
 from phalanx.chaos.setcheck import check_set
 from phalanx.chaos.verdict import Verdict
+from phalanx.errors import Outcome
 
 
 def _bank(reads: list[dict[str, int]]) -> Ops:
@@ -131,6 +132,34 @@ def test_lock_holds_without_release_may_have_expired() -> None:
     bad.add(0, "acquire", 0, 1, output="token")
     with pytest.raises(HistoryError, match="fencing token"):
         check_lock(bad.ops)
+
+
+def _fenced(*, late_outcome: Outcome) -> Ops:
+    """Holder 0 (token 1) loses its lease; holder 1 (token 2) writes; holder 0 writes late."""
+    h = Ops()
+    h.add(0, "acquire", 0, 1, output=1)
+    h.add(0, "write", 2, 3, input=1)
+    h.add(1, "acquire", 4, 5, output=2)
+    h.add(1, "write", 6, 7, input=2)
+    h.add(0, "write", 8, 9, input=1, outcome=late_outcome)
+    h.add(1, "release", 10, 11, input=2)
+    return h
+
+
+def test_fencing_catches_a_resource_write_of_an_older_token() -> None:
+    # The resource refused the late holder: valid, though the holds overlap.
+    refused = _fenced(late_outcome=FAIL)
+    assert check_lock(refused.ops, exclusive=False).verdict is Verdict.VALID
+    assert check_history(refused.ops, "fencing").verdict is Verdict.VALID
+    # The resource took it: the lock checker reports the stale write.
+    accepted = _fenced(late_outcome=OK)
+    result = check_lock(accepted.ops, exclusive=False)
+    assert result.verdict is Verdict.INVALID
+    assert result.details["stale_writes"] == 1
+    assert result.ops_bad == [4]
+    assert check_history(accepted.ops, "fencing").verdict is Verdict.INVALID
+    # An unknown late write may have happened before the newer one: not a violation.
+    assert check_lock(_fenced(late_outcome=INFO).ops, exclusive=False).verdict is Verdict.VALID
 
 
 def test_monotonic_reads_per_session() -> None:

@@ -7,6 +7,9 @@
 ``kv``          linearizability against :class:`~phalanx.chaos.models.KVModel`, per key
 ``lock``        linearizability against :class:`~phalanx.chaos.models.LockModel`, and the
                 fencing-token checker (:mod:`phalanx.chaos.lockcheck`)
+``fencing``     the fencing-token checker alone, without the overlap check: holds may
+                overlap (a lease expired under a holder), the resource's writes may not
+                go back in token order
 ``bank``        the bank checker (:mod:`phalanx.chaos.bank`)
 ``set``         the set checker (:mod:`phalanx.chaos.setcheck`)
 ``monotonic``   monotonic reads per session (:mod:`phalanx.chaos.monotonic`)
@@ -40,7 +43,7 @@ from phalanx.chaos.verdict import CheckResult, Verdict, combine
 
 __all__ = ["CHECKED_MODELS", "HistoryCheck", "check_history", "write_timeline"]
 
-CHECKED_MODELS: Final = ("register", "kv", "lock", "bank", "set", "monotonic")
+CHECKED_MODELS: Final = ("register", "kv", "lock", "fencing", "bank", "set", "monotonic")
 
 
 class HistoryCheck(msgspec.Struct, kw_only=True):
@@ -72,6 +75,8 @@ def check_history(
         results.append(report.result)
     if model == "lock":
         results.append(check_lock(ops))
+    elif model == "fencing":
+        results.append(check_lock(ops, exclusive=False))
     elif model == "bank":
         results.append(check_bank(ops, total=bank_total))
     elif model == "set":

@@ -290,15 +290,18 @@ async def _drive(options: RunOptions, root: Path, workload: Workload) -> _Run:
     )
 
 
-def run_chaos(options: RunOptions, out: Path) -> RunResult:
+def run_chaos(options: RunOptions, out: Path, *, workload: Workload | None = None) -> RunResult:
     """Run once (see the module docstring); the report files are written into ``out``.
 
-    Runs its own event loop: call it from synchronous code (or a worker thread).
+    ``workload`` replaces the one ``options.workload`` names (the tests pass deliberately
+    weakened ones). Runs its own event loop: call it from synchronous code (or a worker
+    thread).
     """
     from phalanx.chaos.report import write_report
 
     out.mkdir(parents=True, exist_ok=True)
-    workload = workload_named(options.workload, op_timeout_s=options.op_timeout_s)
+    if workload is None:
+        workload = workload_named(options.workload, op_timeout_s=options.op_timeout_s)
     run = asyncio.run(_drive(options, out / "cluster", workload))
     write_jsonl(out / "history.jsonl", run.ops)
     write_jsonl(out / "nemesis.jsonl", run.fault_ops)

@@ -21,6 +21,9 @@ workload      operations                                            checker
               accounts' mod revisions), ``read`` of every balance   total, no overdraft)
 ``lock``      ``acquire`` (output: the fencing token) and           lock model and
               ``release`` of one :class:`~phalanx.client.lock.Lock`  fencing tokens
+``fencing``   the lock's ``acquire``/``release``, and while held,   fencing tokens and
+              ``write`` s of the token to a protected resource      the resource's
+              that refuses tokens older than its last one           token order
 ============  ====================================================  ==================
 
 Reads may go through a second client, ``reader``, that the runner keeps on one member (each
@@ -49,6 +52,7 @@ __all__ = [
     "KEY_PREFIX",
     "WORKLOADS",
     "BankWorkload",
+    "FencingWorkload",
     "KVWorkload",
     "LockWorkload",
     "RegisterWorkload",
@@ -67,6 +71,11 @@ BANK_TRANSFER_MAX: Final = 5
 #: The lock workload's lease, and the longest a holder keeps the lock.
 LOCK_TTL_S: Final = 5.0
 LOCK_HOLD_S_MAX: Final = 0.2
+#: Resource writes of one hold in the fencing workload, and the longest pause before each.
+FENCED_WRITES_PER_HOLD: Final = 5
+FENCED_WRITE_GAP_S_MAX: Final = 0.3
+#: Digits of a token stored in the fencing workload's resource (compared as text).
+_TOKEN_DIGITS: Final = 16
 
 
 class CompareFailed(Exception):
@@ -470,12 +479,76 @@ class LockWorkload(_Base):
             await self._release(lock, lock.held.fencing_token, process, recorder)
 
 
+class FencingWorkload(LockWorkload):
+    """The lock workload with a protected resource: while it believes it holds the lock, a
+    client writes its fencing token to the resource :data:`FENCED_WRITES_PER_HOLD` times,
+    each after a pause of up to :data:`FENCED_WRITE_GAP_S_MAX`, then releases.
+
+    The resource is one key; a write is a txn that stores the token only when the stored one
+    is not larger, so a holder whose lease expired under it (a clock jump, a long pause) is
+    refused once a newer holder has written. Holds may overlap under such faults; the
+    checker (``--model fencing``) requires only that the resource's accepted writes never go
+    back in token order. :meth:`write_resource` is the one place a resource that ignores
+    tokens would differ.
+    """
+
+    name = "fencing"
+    model = "fencing"
+    resource = _key("fenced-resource")
+
+    def __init__(self, *, op_timeout_s: float = 3.0, keys: int = 1) -> None:
+        super().__init__(op_timeout_s=op_timeout_s, keys=keys)
+        self._writes: dict[int, int] = {}
+
+    async def setup(self, client: AsyncClient) -> None:
+        await client.put(self.resource, b"0" * _TOKEN_DIGITS)
+
+    async def write_resource(self, client: AsyncClient, token: int) -> None:
+        """Store ``token`` unless the resource holds a larger one (``CompareFailed``)."""
+        # Zero-padded tokens compare as text like numbers: stored < token + 1.
+        bound = str(token + 1).zfill(_TOKEN_DIGITS).encode()
+        result = await client.txn(
+            compare=[Compare(self.resource, CompareTarget.VALUE, CompareOp.LESS, bound)],
+            success=[Put(self.resource, str(token).zfill(_TOKEN_DIGITS).encode())],
+        )
+        if not result.succeeded:
+            raise CompareFailed("fenced off: the resource holds a newer token")
+
+    async def invoke(
+        self,
+        client: AsyncClient,
+        rng: random.Random,
+        process: int,
+        recorder: Recorder,
+        *,
+        reader: AsyncClient | None = None,
+    ) -> Outcome:
+        lock = self._lock(client)
+        held = lock.held
+        if held is None:
+            self._writes.pop(id(client), None)
+            return await super().invoke(client, rng, process, recorder, reader=reader)
+        token = held.fencing_token
+        done = self._writes.get(id(client), 0)
+        if done >= FENCED_WRITES_PER_HOLD:
+            self._writes.pop(id(client), None)
+            return await self._release(lock, token, process, recorder)
+        self._writes[id(client)] = done + 1
+        await asyncio.sleep(rng.uniform(0.0, FENCED_WRITE_GAP_S_MAX))
+
+        async def write() -> None:
+            await self.write_resource(client, token)
+
+        return await record(recorder, process, "write", token, write, timeout_s=self.op_timeout_s)
+
+
 WORKLOADS: Final[dict[str, type[_Base]]] = {
     "register": RegisterWorkload,
     "kv": KVWorkload,
     "set": SetWorkload,
     "bank": BankWorkload,
     "lock": LockWorkload,
+    "fencing": FencingWorkload,
 }
 
 

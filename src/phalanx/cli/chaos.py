@@ -139,7 +139,7 @@ def check(
 
 # -- phalanx chaos run / campaign ------------------------------------------------------------
 
-_RUN_WORKLOADS = ("register", "kv", "set", "bank", "lock")
+_RUN_WORKLOADS = ("register", "kv", "set", "bank", "lock", "fencing")
 _NEMESES = ("partition", "kill", "pause", "restart", "toxic", "clock", "membership")
 #: The nemesis sets a campaign cycles through.
 _CAMPAIGN_NEMESES = (
