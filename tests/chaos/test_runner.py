@@ -3,9 +3,10 @@ client, faults, a history, a verdict and a report.
 
 A run against the real cluster must come out valid; a run against nodes deliberately
 weakened to serve linearizable reads from their local state (stale under a partition) must
-come out invalid. The weakened nodes are started by a launcher defined here, which replaces
-``RaftNode.read`` in the node process before running the ``phalanx`` command line: nothing
-in the product can switch it on.
+come out invalid. The weakened nodes are started by ``weakened_node.py``, a launcher that
+replaces ``RaftNode.read`` in the node process before running the ``phalanx`` command line:
+nothing in the product can switch it on. The other weakened modes are in
+``test_weakened.py``.
 """
 
 from __future__ import annotations
@@ -32,22 +33,12 @@ from phalanx.errors import Outcome
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="signals and process groups")
 
-# Serves every read from the local state, as if linearizable=False had been asked.
-STALE_READS_NODE = """
-from phalanx.node.driver import RaftNode
-
-_read = RaftNode.read
-
-
-async def _local_read(self, op, *, linearizable=True, timeout_s=None):
-    return await _read(self, op, linearizable=False, timeout_s=timeout_s)
-
-
-RaftNode.read = _local_read
-from phalanx.cli.main import main
-
-main()
-"""
+# Nodes that serve every read from their local state (see weakened_node.py).
+STALE_READS_NODE = [
+    sys.executable,
+    str(Path(__file__).with_name("weakened_node.py")),
+    "stale-reads",
+]
 
 
 def test_a_short_run_against_the_real_cluster_is_valid(tmp_path: Path) -> None:
@@ -101,7 +92,7 @@ def test_stale_local_reads_are_caught_under_partitions(tmp_path: Path) -> None:
         recovery_s=1.0,
         fault_s=(1.5, 2.5),
         quiet_s=(0.5, 1.0),
-        node_command=[sys.executable, "-c", STALE_READS_NODE],
+        node_command=STALE_READS_NODE,
     )
     result = run_chaos(options, tmp_path)
     assert result.verdict is Verdict.INVALID, result.checker.results
@@ -190,29 +181,3 @@ def test_run_refuses_unknown_faults_and_workloads() -> None:
     assert "unknown fault 'flood'" in bad_fault.output
     bad_workload = runner.invoke(cli, ["chaos", "run", "--workload", "queue"])
     assert bad_workload.exit_code == 2
-
-
-@pytest.mark.skipif(
-    os.environ.get("PHALANX_LONG_TESTS") != "1", reason="long: set PHALANX_LONG_TESTS=1"
-)
-def test_a_small_campaign_is_clean(tmp_path: Path) -> None:
-    _register()
-    result = CliRunner().invoke(
-        cli,
-        [
-            "chaos",
-            "campaign",
-            "--runs",
-            "5",
-            "--time-limit",
-            "8",
-            "--recovery",
-            "1",
-            "--out",
-            str(tmp_path),
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert [row["verdict"] for row in summary] == ["valid"] * 5
-    assert {row["workload"] for row in summary} == {"register", "kv", "set", "bank", "lock"}
