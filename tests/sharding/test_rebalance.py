@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pytest
 
@@ -25,7 +26,7 @@ from phalanx.sharding.rebalance import (
     plan,
 )
 from phalanx.sharding.router import Router
-from phalanx.sharding.strategies import RangeStrategy
+from phalanx.sharding.strategies import RangeStrategy, Strategy
 
 ACCOUNTS = TableSpec(
     name="accounts",
@@ -91,25 +92,34 @@ def assert_placed(
 
 
 class Workload:
-    """Inserts, updates and deletes through a router until told to stop (and at least
-    ``writes_min`` of them), keeping ``expected`` equal to every acknowledged write."""
+    """Inserts, updates and deletes through a router until told to stop, and then
+    ``writes_after`` more (so the writer always crosses the cut-over), keeping ``expected``
+    equal to every acknowledged write. New rows go to owners drawn from ``owners``."""
 
     def __init__(
-        self, router: Router, expected: dict[int, tuple[Any, ...]], writes_min: int = 50
+        self,
+        router: Router,
+        expected: dict[int, tuple[Any, ...]],
+        owners: Sequence[str],
+        writes_after: int = 20,
     ) -> None:
         self.router = router
         self.expected = expected
-        self.writes_min = writes_min
+        self.owners = owners
+        self.writes_after = writes_after
         self.acknowledged = 0
         self.rng = random.Random(7)
 
     async def run(self, done: asyncio.Event) -> None:
         next_id = 10_000
         rng, expected = self.rng, self.expected
-        while not done.is_set() or self.acknowledged < self.writes_min:
+        after = 0
+        while after < self.writes_after:
+            if done.is_set():
+                after += 1
             choice = rng.random()
             if choice < 0.5:
-                owner = f"user:{rng.randrange(200)}"
+                owner = rng.choice(self.owners)
                 row = (next_id, owner, rng.randrange(1000))
                 await self.router.execute(owner, INSERT, row)
                 expected[next_id] = row
@@ -128,24 +138,98 @@ class Workload:
                 )
                 del expected[pk]
             self.acknowledged += 1
-            await asyncio.sleep(0)
+            # A paced writer (under 1,000 writes/s): an unpaced one on the same event loop
+            # can queue changes faster than any catch-up drains them.
+            await asyncio.sleep(0.001)
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
-async def test_adding_a_shard_under_continuous_writes_loses_and_duplicates_nothing(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+#: Owners of the hash-family moves.
+OWNERS: Final = tuple(f"user:{i}" for i in range(200))
+#: Zero-padded owners, so that range maps order them as numbers.
+PADDED_OWNERS: Final = tuple(f"user:{i:03d}" for i in range(200))
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One online operation: the strategy before and after, and the owners its rows use."""
+
+    before: Strategy
+    after: Strategy
+    owners: Sequence[str]
+
+    @property
+    def shards(self) -> list[str]:
+        return sorted(set(self.before.shards) | set(self.after.shards))
+
+
+def operation(name: str) -> Operation:
+    if name == "add":
+        before = strategy("jump", ["s0", "s1"])
+        return Operation(before, before.with_shards(["s0", "s1", "s2"]), OWNERS)
+    if name == "remove":
+        # The middle shard: jump then also moves keys of the last shard into the freed
+        # bucket, so s2 is a source and a target of the same move.
+        before = strategy("jump", ["s0", "s1", "s2"])
+        return Operation(before, before.with_shards(["s0", "s2"]), OWNERS)
+    if name == "split":
+        # The hot range [user:000, user:100) splits at user:050; c takes the upper half.
+        ranges = RangeStrategy(["a", "b"], bounds=["user:100"])
+        return Operation(ranges, ranges.split("a", "user:050", "c"), PADDED_OWNERS)
+    if name == "move-range":
+        # [user:100, user:150) moves from b to its neighbour c.
+        ranges = RangeStrategy(["a", "b", "c"], bounds=["user:050", "user:150"])
+        return Operation(ranges, ranges.move_bound("b", "c", "user:100"), PADDED_OWNERS)
+    if name == "move-shard":
+        # Every row of s1 moves to a new shard s1b (a bigger machine); s1 leaves the map.
+        before = strategy("ring", ["s0", "s1", "s2"])
+        return Operation(before, strategy("ring", ["s0", "s1b", "s2"]), OWNERS)
+    raise ValueError(name)
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"),
+    [
+        ("sqlite", "add"),
+        ("sqlite", "remove"),
+        ("sqlite", "split"),
+        ("sqlite", "move-range"),
+        ("sqlite", "move-shard"),
+        ("postgres", "add"),
+        ("postgres", "remove"),
+        ("postgres", "split"),
+    ],
+)
+async def test_an_online_move_under_continuous_writes_loses_and_duplicates_nothing(
+    kind: str,
+    name: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     make_pg = request.getfixturevalue("make_pg_database") if kind == "postgres" else None
-    urls = shard_urls(kind, ["s0", "s1", "s2"], tmp_path, make_pg)
-    old_map, backends, _ = await seeded(urls, ["s0", "s1"], 600)
-    expected = {i: (i, f"user:{i % 97}", 100 + i) for i in range(600)}
+    op = operation(name)
+    urls = shard_urls(kind, op.shards, tmp_path, make_pg)
+    backends = {n: open_backend(n, u) for n, u in urls.items()}
+    old_map = ShardMap.create(op.before, {n: urls[n] for n in op.before.shards})
+    expected: dict[int, tuple[Any, ...]] = {}
+    by_shard: dict[str, list[tuple[Any, ...]]] = {}
+    for i in range(600):
+        row = (i, op.owners[i % len(op.owners)], 100 + i)
+        expected[i] = row
+        by_shard.setdefault(op.before.shard_for(row[1]), []).append(row)
+    for shard in op.before.shards:
+        await backends[shard].run([(ACCOUNTS.ddl, ())])
+        await backends[shard].run([(INSERT, row) for row in by_shard.get(shard, [])])
+    moving = sum(
+        1 for r in expected.values() if op.before.shard_for(r[1]) != op.after.shard_for(r[1])
+    )
+    assert moving > 0
     maps = MemoryMapStore(old_map)
-    new_map = old_map.with_shards(["s0", "s1", "s2"], {"s2": urls["s2"]})
+    new_map = old_map.advance(op.after, {n: urls[n] for n in op.after.shards})
     jobs = MemoryJobStore()
-    jobs.save(plan("grow", old_map, new_map, [ACCOUNTS]))
-    # The writer knows only the old shards: it opens s2 from the map once the map names it.
-    old_backends = {n: backends[n] for n in ("s0", "s1")}
-    writer = Workload(Router(old_map, old_backends, reload=maps.aload), expected)
+    jobs.save(plan(name, old_map, new_map, [ACCOUNTS]))
+    # The writer knows only the old shards: it opens new ones from the map once it names them.
+    writer_backends = {n: open_backend(n, urls[n]) for n in op.before.shards}
+    writer = Workload(Router(old_map, writer_backends, reload=maps.aload), expected, op.owners)
     done = asyncio.Event()
 
     async def move() -> None:
@@ -162,12 +246,16 @@ async def test_adding_a_shard_under_continuous_writes_loses_and_duplicates_nothi
     assert state is not None
     assert state.phase == "done"
     assert state.write_fence_s is not None
-    assert maps.load().version == 2
-    assert writer.router.map_version == 2
-    assert state.rows_copied > 0
+    # Recorded, not asserted (timings are not test outcomes): the run's summary lists it.
+    request.node.user_properties.append(("write_fence_ms", state.write_fence_s * 1000))
+    request.node.user_properties.append(("writes_during_move", writer.acknowledged))
+    assert maps.load() == new_map
+    assert writer.router.map_version == new_map.version
+    assert state.rows_copied >= moving
     assert state.checksums
-    assert_placed(await everything(backends, ("s0", "s1", "s2")), new_map, expected)
-    assert writer.router.backend("s2") is not backends["s2"]
+    assert_placed(await everything(backends, tuple(op.shards)), new_map, expected)
+    # The writer wrote across the cut-over: the fence refused it at least once.
+    assert writer.router.statistics().stale_refusals > 0
     await writer.router.close()
     for backend in backends.values():
         await backend.close()
@@ -283,3 +371,46 @@ def test_plans_are_validated() -> None:
     jump = ShardMap.create(strategy("jump", ["a"]))
     with pytest.raises(Exception, match="table"):
         plan("x", jump, jump.with_shards(["a", "b"]), [])
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_the_rebalancers_own_writes_stay_out_of_the_change_queues(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    # Removing the middle jump shard: s1's rows go to s2, which is also a source. Copying
+    # them must not queue hundreds of changes on s2 that the catch-up would have to wade
+    # through before it reaches the writers' changes.
+    make_pg = request.getfixturevalue("make_pg_database") if kind == "postgres" else None
+    op = operation("remove")
+    urls = shard_urls(kind, op.shards, tmp_path, make_pg)
+    backends = {n: open_backend(n, u) for n, u in urls.items()}
+    old_map = ShardMap.create(op.before, urls)
+    for shard in op.before.shards:
+        await backends[shard].run([(ACCOUNTS.ddl, ())])
+    rows = [(i, OWNERS[i % len(OWNERS)], i) for i in range(300)]
+    for shard in op.before.shards:
+        mine = [r for r in rows if op.before.shard_for(r[1]) == shard]
+        await backends[shard].run([(INSERT, r) for r in mine])
+    new_map = old_map.advance(op.after)
+    jobs = MemoryJobStore()
+    jobs.save(plan("remove", old_map, new_map, [ACCOUNTS]))
+    maps = MemoryMapStore(old_map)
+    with pytest.raises(SimulatedCrash):
+        await Rebalancer(jobs, maps, backends, batch_rows=50, crash_points=["copy"]).run()
+    state = jobs.load()
+    assert state is not None
+    assert state.rows_copied > 0
+    copied_to_s2 = await backends["s2"].fetch("SELECT COUNT(*) FROM accounts", ())
+    assert copied_to_s2[0][0] > sum(1 for r in rows if op.before.shard_for(r[1]) == "s2")
+    for shard in op.before.shards:
+        queued = await backends[shard].fetch("SELECT COUNT(*) FROM phalanx_changes", ())
+        assert queued[0][0] == 0, f"{shard} queued the rebalancer's own writes"
+    # A writer's change on s2 is still captured.
+    on_s2 = next(r for r in rows if op.before.shard_for(r[1]) == "s2")
+    await backends["s2"].run([("UPDATE accounts SET balance = 0 WHERE id = ?", (on_s2[0],))])
+    queued = await backends["s2"].fetch("SELECT COUNT(*) FROM phalanx_changes", ())
+    assert queued[0][0] == 2  # the row before and after
+    await Rebalancer(jobs, maps, backends, batch_rows=50).run()
+    assert maps.load() == new_map
+    for backend in backends.values():
+        await backend.close()

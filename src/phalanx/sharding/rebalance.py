@@ -6,14 +6,17 @@ crash anywhere resumes where it stopped (every step is idempotent):
 
 1. ``prepare``: create the tables on the target shards, give new shards the sources' schema
    version, and install change capture on every source: triggers append each written row's
-   primary key and shard key to a ``phalanx_changes`` queue in the same transaction.
+   primary key and shard key to a ``phalanx_changes`` queue in the same transaction. The
+   rebalancer's own writes to a shard that is also a source (a removed shard's rows going to
+   the remaining ones, a key range moving to its neighbour) are not captured: they only
+   bring rows to their new owner, and queueing them would bury the writers' changes.
 2. ``copy``: scan each source table in primary-key order, ``batch_rows`` at a time, and
    upsert each row whose owner under the new map is another shard into that shard.
 3. ``catchup``: drain the change queues: for each queued change of a moving key, re-read the
    row on the source and upsert it on the target (or delete it there when it is gone). A
    change is removed from the queue only after it is applied, so nothing is skipped even when
-   transactions commit out of order. Rounds repeat until the backlog is under
-   ``catchup_lag_rows``.
+   transactions commit out of order. Rounds repeat until each queue is read to its end and
+   fewer than ``catchup_lag_rows`` changes needed applying.
 4. ``verify`` (VDiff): compare every moving row on its source with its copy on the target.
    Rows that differ because writes are still arriving are re-checked after another catch-up
    round; a difference that survives ``verify_rounds_max`` rounds fails the job *before*
@@ -43,7 +46,7 @@ import msgspec
 
 from phalanx.clock import SYSTEM_CLOCK, Clock
 from phalanx.errors import BadRequest, InvariantViolation, PhalanxError
-from phalanx.sharding.backend import Row, ShardBackend, Statement
+from phalanx.sharding.backend import STATEMENTS_MAX, Row, ShardBackend, Statement
 from phalanx.sharding.mapstore import MapStore
 from phalanx.sharding.query import check_identifier
 from phalanx.sharding.shardmap import ShardMap
@@ -67,14 +70,26 @@ __all__ = [
 PHASES: Final = ("prepare", "copy", "catchup", "verify", "cutover", "cleanup", "done")
 #: Largest batch of rows copied, applied, compared or deleted at once.
 BATCH_ROWS_MAX: Final = 10_000
-#: Most catch-up rounds before the cut-over is attempted anyway (the fence then drains).
-CATCHUP_ROUNDS_MAX: Final = 50
+#: Most catch-up rounds (each reads up to a batch per source) before the job moves on
+#: anyway; whatever is left drains behind the fence at the cut-over.
+CATCHUP_ROUNDS_MAX: Final = 200
+#: Rounds after which a read-to-the-end queue is enough, however many changes the last round
+#: applied (a busy writer keeps some coming; the fence drains the rest).
+CATCHUP_SETTLE_ROUNDS: Final = 50
 #: Most mismatching rows recorded in a failed job.
 MISMATCHES_KEPT_MAX: Final = 100
 #: Strategies whose placement is a function of the map alone.
 REBALANCEABLE: Final = ("range", "hash", "jump", "ring", "rendezvous", "geo")
 
 _DELETE_CHANGES: Final = "DELETE FROM phalanx_changes WHERE seq IN "
+#: Statements that make the rest of a transaction invisible to change capture (SQLite: a row
+#: in a table the triggers check, only ever seen by the transaction that inserts it;
+#: PostgreSQL: a transaction-local setting the trigger function checks).
+_QUIET_BEGIN: Final = {
+    "sqlite": ("INSERT INTO phalanx_capture_off (since) VALUES (1)",),
+    "postgres": ("SELECT set_config('phalanx.capture_off', 'on', true)",),
+}
+_QUIET_END: Final = {"sqlite": ("DELETE FROM phalanx_capture_off",), "postgres": ()}
 
 
 class RebalanceFailed(PhalanxError):
@@ -215,21 +230,23 @@ def _capture_sql(dialect: str, table: TableSpec) -> list[str]:
     t, pk, key = table.name, table.pk_column, table.key_column
     if dialect == "sqlite":
         insert = "INSERT INTO phalanx_changes (tbl, pk, shard_key) VALUES"
+        when = "WHEN NOT EXISTS (SELECT 1 FROM phalanx_capture_off) BEGIN"
         return [
             (
                 "CREATE TABLE IF NOT EXISTS phalanx_changes "
                 "(seq INTEGER PRIMARY KEY AUTOINCREMENT, tbl TEXT NOT NULL, pk, shard_key)"
             ),
+            "CREATE TABLE IF NOT EXISTS phalanx_capture_off (since INTEGER)",
             (
-                f"CREATE TRIGGER IF NOT EXISTS phalanx_cdc_{t}_i AFTER INSERT ON {t} BEGIN "
+                f"CREATE TRIGGER IF NOT EXISTS phalanx_cdc_{t}_i AFTER INSERT ON {t} {when} "
                 f"{insert} ('{t}', NEW.{pk}, NEW.{key}); END"
             ),
             (
-                f"CREATE TRIGGER IF NOT EXISTS phalanx_cdc_{t}_u AFTER UPDATE ON {t} BEGIN "
+                f"CREATE TRIGGER IF NOT EXISTS phalanx_cdc_{t}_u AFTER UPDATE ON {t} {when} "
                 f"{insert} ('{t}', OLD.{pk}, OLD.{key}), ('{t}', NEW.{pk}, NEW.{key}); END"
             ),
             (
-                f"CREATE TRIGGER IF NOT EXISTS phalanx_cdc_{t}_d AFTER DELETE ON {t} BEGIN "
+                f"CREATE TRIGGER IF NOT EXISTS phalanx_cdc_{t}_d AFTER DELETE ON {t} {when} "
                 f"{insert} ('{t}', OLD.{pk}, OLD.{key}); END"
             ),
         ]
@@ -241,7 +258,8 @@ def _capture_sql(dialect: str, table: TableSpec) -> list[str]:
         ),
         (
             f"CREATE OR REPLACE FUNCTION phalanx_cdc_{t}() RETURNS trigger LANGUAGE plpgsql AS $$ "
-            f"BEGIN IF TG_OP <> 'INSERT' THEN {insert} ('{t}', to_jsonb(OLD.{pk}), "
+            "BEGIN IF current_setting('phalanx.capture_off', true) = 'on' THEN RETURN NULL; "
+            f"END IF; IF TG_OP <> 'INSERT' THEN {insert} ('{t}', to_jsonb(OLD.{pk}), "
             f"to_jsonb(OLD.{key})); END IF; IF TG_OP <> 'DELETE' THEN {insert} ('{t}', "
             f"to_jsonb(NEW.{pk}), to_jsonb(NEW.{key})); END IF; RETURN NULL; END $$"
         ),
@@ -265,6 +283,8 @@ def _uncapture_sql(dialect: str, tables: Sequence[TableSpec]) -> list[str]:
                 f"DROP FUNCTION IF EXISTS phalanx_cdc_{t}()",
             ]
     statements.append("DROP TABLE IF EXISTS phalanx_changes")
+    if dialect == "sqlite":
+        statements.append("DROP TABLE IF EXISTS phalanx_capture_off")
     return statements
 
 
@@ -335,6 +355,20 @@ class Rebalancer:
     def sources(self) -> tuple[str, ...]:
         return self.old.shards
 
+    async def _write(self, target: str, statements: Sequence[Statement]) -> None:
+        """Run ``statements`` on ``target``; unseen by its change capture when it has one.
+        Long lists go in several transactions (upserts and deletes are idempotent)."""
+        backend = self.backends[target]
+        if target not in self.sources:
+            begin: tuple[str, ...] = ()
+            end: tuple[str, ...] = ()
+        else:
+            begin, end = _QUIET_BEGIN[backend.dialect], _QUIET_END[backend.dialect]
+        step = STATEMENTS_MAX - len(begin) - len(end)
+        for start in range(0, len(statements), step):
+            chunk = list(statements[start : start + step])
+            await backend.run([*((sql, ()) for sql in begin), *chunk, *((sql, ()) for sql in end)])
+
     def _targets(self) -> list[str]:
         return [s for s in self.new.shards if s not in self.old.shards]
 
@@ -399,7 +433,7 @@ class Rebalancer:
             rows = await backend.fetch(_select(table, f"{table.pk_column} > ?") + order, (cursor,))
         moving = self._moving(source, table, rows)
         for target, batch in moving.items():
-            await self.backends[target].run([(_upsert(table), row) for row in batch])
+            await self._write(target, [(_upsert(table), row) for row in batch])
             self.state.rows_copied += len(batch)
         self.state.rows_scanned += len(rows)
         if len(rows) < self.batch_rows:
@@ -419,21 +453,31 @@ class Rebalancer:
         return moving
 
     async def _catchup_phase(self) -> None:
-        for _ in range(CATCHUP_ROUNDS_MAX):
-            applied = await self._catchup_round()
-            if applied < self.catchup_lag_rows:
-                break
+        await self._catch_up()
         self._enter("verify")
 
-    async def _catchup_round(self) -> int:
-        """One pass over every source's queue (up to a batch each); changes applied."""
+    async def _catch_up(self) -> None:
+        """Rounds until every queue was read to its end in a round that applied fewer than
+        ``catchup_lag_rows`` changes (after :data:`CATCHUP_SETTLE_ROUNDS`, read to its end is
+        enough; at most :data:`CATCHUP_ROUNDS_MAX` rounds)."""
+        for rounds in range(1, CATCHUP_ROUNDS_MAX + 1):
+            applied, drained = await self._catchup_round()
+            if drained and (applied < self.catchup_lag_rows or rounds >= CATCHUP_SETTLE_ROUNDS):
+                return
+
+    async def _catchup_round(self) -> tuple[int, bool]:
+        """One pass over every source's queue (up to a batch each): the changes applied,
+        and whether every queue was read to its end."""
         applied = 0
+        drained = True
         for source in self.sources:
             backend = self.backends[source]
             changes = await backend.fetch(
                 "SELECT seq, tbl, pk, shard_key FROM phalanx_changes ORDER BY seq LIMIT ?",
                 (self.batch_rows,),
             )
+            if len(changes) >= self.batch_rows:
+                drained = False
             if not changes:
                 continue
             tables = {t.name: t for t in self.state.tables}
@@ -448,15 +492,15 @@ class Rebalancer:
             await backend.run([(_DELETE_CHANGES + _in_list(len(seqs)), seqs)])
             self.state.rows_caught_up += len(changes)
         self._save()
-        return applied
+        return applied, drained
 
     async def _apply(self, source: str, target: str, table: TableSpec, pk: Any) -> None:
         rows = await self.backends[source].fetch(_select(table, f"{table.pk_column} = ?"), (pk,))
         at = table.columns.index(table.key_column)
         if rows and self.new.shard_for(_key(rows[0][at])) == target:
-            await self.backends[target].run([(_upsert(table), rows[0])])
+            await self._write(target, [(_upsert(table), rows[0])])
         else:
-            await self.backends[target].run([(_delete(table, f"{table.pk_column} = ?"), (pk,))])
+            await self._write(target, [(_delete(table, f"{table.pk_column} = ?"), (pk,))])
 
     async def _verify(self) -> None:
         suspects: list[tuple[str, str, TableSpec, Any]] = []
@@ -468,7 +512,7 @@ class Rebalancer:
         for _ in range(self.verify_rounds_max):
             if not suspects:
                 break
-            await self._catchup_round()
+            await self._catch_up()
             suspects = [s for s in suspects if not await self._same(*s)]
         if suspects:
             self.state.mismatches = [f"{s}->{t} {tb.name} {pk!r}" for s, t, tb, pk in suspects][
@@ -530,8 +574,9 @@ class Rebalancer:
             if (await backend.meta()).get("fence_version", 0) < version:
                 await backend.set_meta("fence_version", version)
         self._crash("cutover-fenced")
-        for _ in range(CATCHUP_ROUNDS_MAX * 100):
-            if await self._catchup_round() == 0 and await self._queues_empty():
+        for _ in range(CATCHUP_ROUNDS_MAX * 10):
+            applied, _ = await self._catchup_round()
+            if applied == 0 and await self._queues_empty():
                 break
         else:
             raise InvariantViolation("rebalance: change queues did not drain behind the fence")
