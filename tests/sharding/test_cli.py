@@ -141,3 +141,108 @@ def test_the_demo_grows_a_keyspace_under_writes_and_checks_every_row(tmp_path: P
     assert "s2" in out
     shard_map = json.loads(invoke(runner, "map", "--dir", str(tmp_path / "demo")))
     assert shard_map["version"] == 2
+
+
+def test_query_merges_order_limit_offset_and_aggregates_across_shards(tmp_path: Path) -> None:
+    runner = CliRunner()
+    directory = tmp_path / "ks"
+    setup_keyspace(runner, directory, "--strategy", "jump", "--shards", "s0,s1,s2")
+    d = str(directory)
+    # Global order across three shards, paged: balances 39, 38, ... so rows 5..9 are 34..30.
+    page = invoke(
+        runner,
+        "query",
+        "--dir",
+        d,
+        "--table",
+        "accounts",
+        "--columns",
+        "id,owner,balance",
+        "--order-by",
+        "balance desc, id",
+        "--limit",
+        "5",
+        "--offset",
+        "5",
+    )
+    assert [int(line.split("\t")[2]) for line in page.strip().splitlines()] == [34, 33, 32, 31, 30]
+    lows = invoke(
+        runner,
+        "query",
+        "--dir",
+        d,
+        "--table",
+        "accounts",
+        "--columns",
+        "id",
+        "--where",
+        "balance < ?",
+        "--params",
+        "[3]",
+        "--order-by",
+        "id",
+    )
+    assert lows.split() == ["0", "1", "2"]
+    totals = invoke(
+        runner,
+        "query",
+        "--dir",
+        d,
+        "--table",
+        "accounts",
+        "--aggregate",
+        "count:*",
+        "--aggregate",
+        "sum:balance",
+        "--aggregate",
+        "min:balance",
+        "--aggregate",
+        "max:balance",
+        "--aggregate",
+        "avg:balance",
+    )
+    count, summed, low, high, mean = totals.split()
+    assert (int(count), int(summed), int(low), int(high)) == (40, sum(range(40)), 0, 39)
+    assert float(mean) == sum(range(40)) / 40
+    # Grouped: ten owners' prefixes are not a column, so group by owner over a filtered range.
+    grouped = invoke(
+        runner,
+        "query",
+        "--dir",
+        d,
+        "--table",
+        "accounts",
+        "--aggregate",
+        "count:*",
+        "--aggregate",
+        "sum:balance",
+        "--group-by",
+        "owner",
+        "--where",
+        "id >= ?",
+        "--params",
+        "[37]",
+    )
+    assert [line.split("\t") for line in grouped.strip().splitlines()] == [
+        ["user:37", "1", "37"],
+        ["user:38", "1", "38"],
+        ["user:39", "1", "39"],
+    ]
+
+
+def test_query_refuses_mixed_or_incomplete_options(tmp_path: Path) -> None:
+    runner = CliRunner()
+    directory = tmp_path / "ks"
+    setup_keyspace(runner, directory, "--shards", "s0,s1")
+    d = str(directory)
+    for args in (
+        ["SELECT 1", "--limit", "3"],
+        ["SELECT 1", "--table", "accounts", "--columns", "id"],
+        ["--table", "accounts"],
+        ["--table", "accounts", "--aggregate", "count:*", "--limit", "1"],
+        ["--table", "accounts", "--aggregate", "count"],
+        ["--table", "accounts", "--columns", "id", "--order-by", "id sideways"],
+        ["--table", "accounts", "--columns", "id", "--order-by", "balance"],
+    ):
+        result = runner.invoke(cli, ["shard", "query", "--dir", d, *args])
+        assert result.exit_code != 0, args

@@ -10,6 +10,7 @@ A keyspace lives in a directory (``--dir``, default ``./shards`` or ``$PHALANX_S
                balance INTEGER)"
     phalanx shard route user:1 user:2
     phalanx shard query "SELECT COUNT(*) FROM accounts"
+    phalanx shard query --table accounts --columns id,balance --order-by "balance desc" --limit 10
     phalanx shard add s2                  # online: copy, catch up, verify, cut over, clean up
     phalanx shard status
     phalanx shard migrate migrations/
@@ -38,6 +39,7 @@ from phalanx.sharding.advise import DatabaseMetrics, advise
 from phalanx.sharding.backend import ShardBackend, open_backend
 from phalanx.sharding.mapstore import FileMapStore
 from phalanx.sharding.migrate import Migrator, load_migrations
+from phalanx.sharding.query import Aggregate, Select
 from phalanx.sharding.rebalance import FileJobStore, Rebalancer, TableSpec, plan
 from phalanx.sharding.rebalance import Progress as MoveProgress
 from phalanx.sharding.router import Router
@@ -221,27 +223,156 @@ def route(directory: Path, keys: tuple[str, ...]) -> None:
         click.echo(f"{key}\t{built.shard_for(key)}")
 
 
+def _parse_order(spec: str) -> tuple[tuple[str, str], ...]:
+    """``"balance desc, id"`` -> ``(("balance", "desc"), ("id", "asc"))``."""
+    order = []
+    for part in spec.split(","):
+        words = part.split()
+        if not words:
+            continue
+        if len(words) > 2 or (len(words) == 2 and words[1].lower() not in {"asc", "desc"}):
+            raise click.BadParameter(
+                f"expected COLUMN [asc|desc], got {part!r}", param_hint="--order-by"
+            )
+        order.append((words[0], words[1].lower() if len(words) == 2 else "asc"))
+    return tuple(order)
+
+
+def _parse_aggregates(specs: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """``("count:*", "sum:balance")`` -> ``(("count", "*"), ("sum", "balance"))``."""
+    parsed = []
+    for spec in specs:
+        function, colon, column = spec.partition(":")
+        if not colon or not function or not column:
+            raise click.BadParameter(
+                f"expected FUNCTION:COLUMN (count:*, sum:balance), got {spec!r}",
+                param_hint="--aggregate",
+            )
+        parsed.append((function.lower(), column))
+    return tuple(parsed)
+
+
+def _split_names(value: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in value.split(",") if n.strip())
+
+
+def _merged_query(
+    table_name: str,
+    columns: str,
+    where: str,
+    values: tuple[Any, ...],
+    order_by: str,
+    limit: int | None,
+    offset: int,
+    aggregates: tuple[str, ...],
+    group_by: str,
+) -> Select | Aggregate:
+    """The router query the ``--table`` options describe."""
+    if aggregates and (order_by or limit is not None or offset):
+        raise click.UsageError(
+            "--aggregate answers sorted groups; drop --order-by/--limit/--offset"
+        )
+    if group_by and not aggregates:
+        raise click.UsageError("--group-by needs --aggregate")
+    if not aggregates and not columns:
+        raise click.UsageError("--table needs --columns (or --aggregate)")
+    try:
+        if aggregates:
+            return Aggregate(
+                table_name,
+                _parse_aggregates(aggregates),
+                group_by=_split_names(group_by),
+                where=where,
+                params=values,
+            )
+        return Select(
+            table_name,
+            _split_names(columns),
+            where=where,
+            params=values,
+            order_by=_parse_order(order_by),
+            limit=limit,
+            offset=offset,
+        )
+    except PhalanxError as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+
+
 @shard.command()
 @_dir_option
-@click.argument("sql")
-@click.option("--key", default=None, help="Run on this key's shard only.")
+@click.argument("sql", required=False)
+@click.option("--key", default=None, help="Run SQL on this key's shard only.")
 @click.option("--params", default="[]", help="JSON list of parameters for ? placeholders.")
 @click.option(
     "--partial", is_flag=True, help="Answer from the shards that respond; flag the result."
 )
-def query(directory: Path, sql: str, key: str | None, params: str, partial: bool) -> None:
-    """Run SQL on one shard (--key) or on every shard (rows concatenated)."""
+@click.option("--table", "table_name", default=None, help="Query TABLE on every shard, merged.")
+@click.option(
+    "--columns",
+    default="",
+    help="With --table: comma-separated columns to return (ORDER BY ones too).",
+)
+@click.option("--where", default="", help="With --table: a condition (? placeholders, --params).")
+@click.option("--order-by", "order_by", default="", help='With --table: "col [asc|desc], ...".')
+@click.option("--limit", type=click.IntRange(0), default=None, help="With --table: rows at most.")
+@click.option("--offset", type=click.IntRange(0), default=0, help="With --table: rows skipped.")
+@click.option(
+    "--aggregate",
+    "aggregates",
+    multiple=True,
+    help="With --table: FUNCTION:COLUMN (count, sum, min, max, avg; count:*), repeatable.",
+)
+@click.option("--group-by", "group_by", default="", help="With --aggregate: comma-separated.")
+def query(
+    directory: Path,
+    sql: str | None,
+    key: str | None,
+    params: str,
+    partial: bool,
+    table_name: str | None,
+    columns: str,
+    where: str,
+    order_by: str,
+    limit: int | None,
+    offset: int,
+    aggregates: tuple[str, ...],
+    group_by: str,
+) -> None:
+    """Run SQL on one shard (--key) or every shard (rows concatenated); or, with --table,
+    a query merged across shards: global --order-by/--limit/--offset (k-way merge), or
+    --aggregate (COUNT/SUM/MIN/MAX/AVG, optionally --group-by) from partial aggregates."""
     keyspace = Keyspace(directory)
     shard_map = keyspace.load()
     values = json.loads(params)
+    structured = bool(
+        columns or where or order_by or limit is not None or offset or aggregates or group_by
+    )
+    if (sql is None) == (table_name is None):
+        raise click.UsageError("give SQL or --table, not both and not neither")
+    if sql is not None and structured:
+        raise click.UsageError("--where/--order-by/--limit/--offset/--aggregate need --table")
+    if table_name is not None and key is not None:
+        raise click.UsageError("--key routes raw SQL; with --table put the key in --where")
+    request = (
+        None
+        if table_name is None
+        else _merged_query(
+            table_name, columns, where, tuple(values), order_by, limit, offset, aggregates, group_by
+        )
+    )
 
     async def work() -> tuple[list[tuple[Any, ...]], dict[str, str]]:
         backends = keyspace.backends(shard_map)
         router = Router(shard_map, backends, policy="partial" if partial else "fail")
         try:
-            if key is not None:
-                return await router.fetch(key, sql, values), {}
-            result = await router.scatter(sql, values)
+            if isinstance(request, Aggregate):
+                result = await router.aggregate(request)
+            elif isinstance(request, Select):
+                result = await router.select(request)
+            elif key is not None:
+                return await router.fetch(key, str(sql), values), {}
+            else:
+                result = await router.scatter(str(sql), values)
             return result.rows, result.failed
         finally:
             await router.close()
