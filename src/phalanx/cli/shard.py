@@ -35,7 +35,8 @@ from rich.table import Table
 
 from phalanx.errors import PhalanxError
 from phalanx.sharding import STRATEGY_NAMES, ShardMap, strategy
-from phalanx.sharding.advise import DatabaseMetrics, advise
+from phalanx.sharding.advise import SAMPLE_S_MAX as ADVISE_SAMPLE_S_MAX
+from phalanx.sharding.advise import DatabaseMetrics, advise, read_postgres
 from phalanx.sharding.backend import ShardBackend, open_backend
 from phalanx.sharding.mapstore import FileMapStore
 from phalanx.sharding.migrate import Migrator, load_migrations
@@ -50,7 +51,7 @@ __all__ = ["shard"]
 T = TypeVar("T")
 
 #: Longest sampling interval of ``advise`` (it waits this long between two readings).
-SAMPLE_S_MAX: Final = 60.0
+SAMPLE_S_MAX: Final = ADVISE_SAMPLE_S_MAX
 #: Most rows ``query`` prints.
 PRINT_ROWS_MAX: Final = 1_000
 
@@ -662,7 +663,7 @@ def advise_command(
     no_indexes: bool,
 ) -> None:
     """Should this database be sharded? The guide's indicators and what to try first."""
-    engine, size_bytes, measured_writes = _measure(database, sample_s)
+    engine, size_bytes, measured_writes, notes = _measure(database, sample_s)
     metrics = DatabaseMetrics(
         engine=engine,
         size_bytes=size_bytes,
@@ -683,36 +684,43 @@ def advise_command(
         )
     console = Console()
     console.print(grid)
+    for note in notes:
+        console.print(f"[dim]{note}[/dim]")
     for index, step in enumerate(advice.try_first, 1):
         console.print(f"{index}. {step}")
     console.print(advice.summary)
 
 
-def _measure(database: str, sample_s: float) -> tuple[str, int, float | None]:
+def _measure(database: str, sample_s: float) -> tuple[str, int, float | None, list[str]]:
+    """Engine, size, write rate (None when unknown) and notes on what was not read."""
     scheme, _, rest = database.partition(":")
     if scheme == "sqlite":
         path = Path(rest)
         if not path.exists():
             raise click.ClickException(f"no such file: {path}")
         wal = path.with_name(path.name + "-wal")
-        return "sqlite", path.stat().st_size + (wal.stat().st_size if wal.exists() else 0), None
+        size = path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+        return "sqlite", size, None, ["write rate, CPU, latency: SQLite keeps none; use the flags"]
     if scheme in {"postgres", "postgresql"}:
-        import psycopg
-
         conninfo = rest if scheme == "postgres" else database
-        counters = (
-            "SELECT pg_database_size(current_database()), tup_inserted + tup_updated + tup_deleted "
-            "FROM pg_stat_database WHERE datname = current_database()"
-        )
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            first = conn.execute(counters).fetchone()
-            time.sleep(sample_s)
-            conn.execute("SELECT pg_stat_clear_snapshot()")
-            second = conn.execute(counters).fetchone()
-        if first is None or second is None:
-            raise click.ClickException("pg_stat_database has no row for this database")
-        rate = (int(second[1]) - int(first[1])) / sample_s if sample_s > 0 else None
-        return "postgres", int(second[0]), rate
+        try:
+            reading = read_postgres(conninfo, sample_s)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from exc
+        notes = ["CPU: PostgreSQL does not expose the host's CPU use; give --cpu-percent"]
+        if reading.has_pg_stat_statements:
+            mean = reading.statement_ms_mean
+            notes.append(
+                "latency: pg_stat_statements mean statement time "
+                + ("(no statements in the sample)" if mean is None else f"{mean:,.2f} ms")
+                + "; it keeps no p99, give --latency-ms-p99 and --baseline-latency-ms-p99"
+            )
+        else:
+            notes.append(
+                "latency: pg_stat_statements is not installed; give --latency-ms-p99 and "
+                "--baseline-latency-ms-p99"
+            )
+        return "postgres", reading.size_bytes, reading.writes_per_s, notes
     raise click.BadParameter(f"expected sqlite:PATH or postgres:CONNINFO, got {database!r}")
 
 

@@ -1,9 +1,15 @@
 """The "when to shard" advisor: the guide's indicators applied to one database's figures.
 
-Pure: :func:`advise` takes :class:`DatabaseMetrics` (the CLI gathers them from PostgreSQL's
-statistics views or a SQLite file) and returns which indicators fired and what to try, in the
-order the guide recommends: vertical scaling, read replicas, query optimisation, archiving,
-and only then sharding.
+:func:`advise` is pure: it takes :class:`DatabaseMetrics` and returns which indicators fired
+and what to try, in the order the guide recommends: vertical scaling, read replicas, query
+optimisation, archiving, and only then sharding.
+
+:func:`read_postgres` gathers what a PostgreSQL server exposes about itself: the database's
+size (``pg_database_size``), its write rate (the change of ``pg_stat_database``'s inserted,
+updated and deleted row counters over a sampling interval), and, when the
+``pg_stat_statements`` extension is installed, the mean statement time over the same
+interval. PostgreSQL does not expose the host's CPU use, and no statistics view holds a p99:
+those stay command-line figures (``--cpu-percent``, ``--latency-ms-p99``).
 
 Thresholds (:data:`THRESHOLDS`): PostgreSQL 1 TB or 10,000 writes/s, MySQL 100 GB or 5,000
 writes/s (the guide's figures); SQLite 50 GB or 1,000 writes/s (Phalanx's own choice: one
@@ -13,10 +19,20 @@ baseline although the queries use indexes, fire on every engine.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
-__all__ = ["THRESHOLDS", "Advice", "DatabaseMetrics", "Indicator", "advise"]
+__all__ = [
+    "THRESHOLDS",
+    "Advice",
+    "DatabaseMetrics",
+    "Indicator",
+    "PostgresReading",
+    "advise",
+    "read_postgres",
+]
 
 #: engine -> (size in bytes, writes per second) beyond which sharding is on the table.
 THRESHOLDS: Final = {
@@ -117,3 +133,55 @@ def advise(metrics: DatabaseMetrics) -> Advice:
     else:
         summary = "Not needed: no indicator fired."
     return Advice(indicators, tuple(steps), shard, summary)
+
+
+#: Longest sampling interval of :func:`read_postgres`.
+SAMPLE_S_MAX: Final = 60.0
+
+_COUNTERS: Final = (
+    "SELECT pg_database_size(current_database()), tup_inserted + tup_updated + tup_deleted "
+    "FROM pg_stat_database WHERE datname = current_database()"
+)
+_HAS_STATEMENTS: Final = "SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'"
+_STATEMENT_TIME: Final = (
+    "SELECT COALESCE(SUM(calls), 0), COALESCE(SUM(total_exec_time), 0) FROM pg_stat_statements "
+    "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+
+
+@dataclass(frozen=True)
+class PostgresReading:
+    """What :func:`read_postgres` measured; ``None`` where the server could not say."""
+
+    size_bytes: int
+    writes_per_s: float | None
+    statement_ms_mean: float | None
+    has_pg_stat_statements: bool
+
+
+def read_postgres(
+    conninfo: str, sample_s: float = 1.0, *, sleep: Callable[[float], Any] = time.sleep
+) -> PostgresReading:
+    """Read size, write rate and (with ``pg_stat_statements``) mean statement time of the
+    database at ``conninfo``, sampling the counters ``sample_s`` apart (0: no rate)."""
+    if not 0.0 <= sample_s <= SAMPLE_S_MAX:
+        raise ValueError(f"sample_s: 0..{SAMPLE_S_MAX}, got {sample_s}")
+    import psycopg
+
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        has_statements = conn.execute(_HAS_STATEMENTS).fetchone() is not None
+        first = conn.execute(_COUNTERS).fetchone()
+        first_time = conn.execute(_STATEMENT_TIME).fetchone() if has_statements else None
+        sleep(sample_s)
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        second = conn.execute(_COUNTERS).fetchone()
+        second_time = conn.execute(_STATEMENT_TIME).fetchone() if has_statements else None
+    if first is None or second is None:
+        raise ValueError("pg_stat_database has no row for this database")
+    rate = (int(second[1]) - int(first[1])) / sample_s if sample_s > 0 else None
+    mean_ms = None
+    if first_time is not None and second_time is not None:
+        calls = int(second_time[0]) - int(first_time[0])
+        if calls > 0:
+            mean_ms = (float(second_time[1]) - float(first_time[1])) / calls
+    return PostgresReading(int(second[0]), rate, mean_ms, has_statements)
