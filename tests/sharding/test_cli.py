@@ -246,3 +246,15 @@ def test_query_refuses_mixed_or_incomplete_options(tmp_path: Path) -> None:
     ):
         result = runner.invoke(cli, ["shard", "query", "--dir", d, *args])
         assert result.exit_code != 0, args
+
+
+def test_adding_a_shard_to_a_bounded_map_is_refused_with_the_reason(tmp_path: Path) -> None:
+    runner = CliRunner()
+    directory = tmp_path / "ks"
+    setup_keyspace(runner, directory, "--strategy", "bounded", "--shards", "s0,s1")
+    result = runner.invoke(cli, ["shard", "add", "s2", "--dir", str(directory)])
+    assert result.exit_code != 0
+    assert "NotRebalanceable" in result.output
+    assert "remembers each key's placement" in result.output
+    assert not (directory / "job.json").exists()
+    assert json.loads(invoke(runner, "map", "--dir", str(directory)))["version"] == 1

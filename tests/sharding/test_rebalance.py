@@ -18,6 +18,7 @@ from phalanx.sharding.mapstore import MemoryMapStore
 from phalanx.sharding.rebalance import (
     FileJobStore,
     MemoryJobStore,
+    NotRebalanceable,
     Progress,
     RebalanceFailed,
     Rebalancer,
@@ -366,8 +367,14 @@ def test_plans_are_validated() -> None:
     with pytest.raises(Exception, match="version"):
         plan("x", first, first, [ACCOUNTS])
     bounded = ShardMap.create(strategy("bounded", ["a"]))
-    with pytest.raises(Exception, match="strategies"):
+    with pytest.raises(NotRebalanceable, match="remembers each key's placement"):
         plan("x", bounded, bounded.with_shards(["a", "b"]), [ACCOUNTS])
+    directory = ShardMap.create(strategy("directory", ["a"], store="memory:"))
+    with pytest.raises(NotRebalanceable, match=r"assign\(key, shard\)"):
+        plan("x", directory, directory.with_shards(["a", "b"]), [ACCOUNTS])
+    ranges = ShardMap.create(strategy("range", ["a", "b"]))
+    with pytest.raises(NotRebalanceable, match="strategy changes"):
+        plan("x", ranges, ShardMap.create(strategy("jump", ["a", "b"]), version=2), [ACCOUNTS])
     jump = ShardMap.create(strategy("jump", ["a"]))
     with pytest.raises(Exception, match="table"):
         plan("x", jump, jump.with_shards(["a", "b"]), [])

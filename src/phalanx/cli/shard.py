@@ -399,10 +399,15 @@ def _rebalance(keyspace: Keyspace, new_map: ShardMap, *, resume: bool = False) -
             )
         if not tables:
             raise click.ClickException("no tables registered: `phalanx shard table ...` first")
-        keyspace.jobs.save(plan(f"v{new_map.version}", old_map, new_map, tables))
-    job = keyspace.jobs.load()
-    if job is None:
+        try:
+            job = plan(f"v{new_map.version}", old_map, new_map, tables)
+        except PhalanxError as exc:
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+        keyspace.jobs.save(job)
+    loaded = keyspace.jobs.load()
+    if loaded is None:
         raise click.ClickException("no rebalance to resume")
+    job = loaded
     console = Console(stderr=True)
     columns = (
         TextColumn("{task.description:9s}"),

@@ -58,6 +58,7 @@ __all__ = [
     "JobState",
     "JobStore",
     "MemoryJobStore",
+    "NotRebalanceable",
     "Progress",
     "RebalanceFailed",
     "Rebalancer",
@@ -94,6 +95,27 @@ _QUIET_END: Final = {"sqlite": ("DELETE FROM phalanx_capture_off",), "postgres":
 
 class RebalanceFailed(PhalanxError):
     """Verification found rows that differ; nothing was switched and nothing deleted."""
+
+
+class NotRebalanceable(BadRequest):
+    """The map's strategy places keys by state the map does not hold, so no job can compute
+    where every row belongs afterwards (``bounded``, ``directory``), or the job would change
+    the strategy itself."""
+
+
+#: Why each strategy outside :data:`REBALANCEABLE` is refused.
+_NOT_REBALANCEABLE_WHY: Final = {
+    "bounded": (
+        "a bounded ring remembers each key's placement in the process that placed it, not in "
+        "the map, so another process cannot tell where a row belongs after the move; use it "
+        "to assign work, or shard rows with ring or jump"
+    ),
+    "directory": (
+        "a directory places each key by its entry in the directory store; move keys one at a "
+        "time: copy the key's rows, DirectoryStrategy.assign(key, shard), publish the next map "
+        "version and fence the source (docs/sharding.md, the directory)"
+    ),
+}
 
 
 class SimulatedCrash(Exception):
@@ -189,8 +211,17 @@ def plan(
     """A new job moving from ``old_map`` to ``new_map`` (its next version)."""
     if new_map.version != old_map.version + 1:
         raise BadRequest(f"rebalance: new map must be version {old_map.version + 1}")
-    if old_map.strategy not in REBALANCEABLE or new_map.strategy != old_map.strategy:
-        raise BadRequest(f"rebalance: supports the strategies {REBALANCEABLE}, unchanged")
+    if new_map.strategy != old_map.strategy:
+        raise NotRebalanceable(
+            f"rebalance: the strategy changes ({old_map.strategy} -> {new_map.strategy}); "
+            "a job moves rows between maps of one strategy"
+        )
+    if old_map.strategy not in REBALANCEABLE:
+        why = _NOT_REBALANCEABLE_WHY.get(old_map.strategy, "its placement is not in the map")
+        raise NotRebalanceable(
+            f"rebalance: {old_map.strategy} maps are not rebalanced ({why}); the rebalanceable "
+            f"strategies are {', '.join(REBALANCEABLE)}"
+        )
     listed = tuple(tables)
     if not listed:
         raise BadRequest("rebalance: name at least one table")
