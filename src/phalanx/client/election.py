@@ -35,6 +35,7 @@ from phalanx.client.lock import (
     TTL_S_DEFAULT,
     Claim,
     ClaimView,
+    Contender,
     LoopThread,
     TooManyContenders,
     lowest,
@@ -42,7 +43,7 @@ from phalanx.client.lock import (
     relay_event,
 )
 from phalanx.client.results import KeyValue, WatchEvent
-from phalanx.errors import Conflict, PhalanxError, Timeout, Unavailable
+from phalanx.errors import Conflict, PhalanxError, Unavailable
 from phalanx.kv.commands import Compare, CompareOp, CompareTarget, Put
 from phalanx.kv.errors import Compacted
 
@@ -104,7 +105,7 @@ class Leadership(ClaimView):
         return f"Leadership({self.name!r}, value={self.value!r}, token={self.token})"
 
 
-class Election:
+class Election(Contender):
     """The election ``name``: one candidate at a time per ``Election`` object.
 
     ``ttl_s`` is the candidate's lease: a leader that stops renewing it (crashed, paused,
@@ -120,14 +121,7 @@ class Election:
         prefix: bytes = ELECTION_PREFIX,
         contenders_max: int = CONTENDERS_MAX,
     ) -> None:
-        if ttl_s <= 0:
-            raise ValueError(f"ttl_s: must be > 0, got {ttl_s}")
-        self.client = client
-        self.name = name
-        self.ttl_s = ttl_s
-        self.contenders_max = contenders_max
-        self.queue = queue_prefix(prefix, name)
-        self._claim: Claim | None = None
+        super().__init__(client, name, ttl_s=ttl_s, prefix=prefix, contenders_max=contenders_max)
         self._leadership: Leadership | None = None
         self._elected = 0
 
@@ -142,19 +136,7 @@ class Election:
         while waiting; every failure withdraws the candidacy."""
         if self._claim is not None:
             raise RuntimeError(f"election {self.name!r}: already campaigning or leading")
-        claim = Claim(self.client, self.queue, ttl_s=self.ttl_s, contenders_max=self.contenders_max)
-        self._claim = claim
-        try:
-            async with asyncio.timeout(timeout_s):
-                await claim.enter(value)
-                await claim.wait_turn()
-        except TimeoutError:
-            await self._withdraw(claim)
-            raise Timeout(f"election {self.name!r} not won within {timeout_s} s") from None
-        except BaseException:
-            await self._withdraw(claim)
-            raise
-        claim.hold()
+        claim = await self._take_turn(value, timeout_s, f"election {self.name!r} not won")
         self._leadership = Leadership(self.name, value, claim)
         self._elected += 1
         return self._leadership
@@ -243,11 +225,6 @@ class Election:
         if first is None or (first.key, first.mod_revision) == last:
             return None
         return Leader.of(first)
-
-    async def _withdraw(self, claim: Claim) -> None:
-        self._claim = None
-        with contextlib.suppress(PhalanxError):  # the lease expires by itself otherwise
-            await claim.leave()
 
     def statistics(self) -> dict[str, int]:
         stats = {"elected": self._elected, "leading": int(self._leadership is not None)}

@@ -336,7 +336,53 @@ class Held(ClaimView):
         return f"Held({self.name!r}, fencing_token={self.fencing_token}, lost={self.lost.is_set()})"
 
 
-class Lock:
+class Contender:
+    """What a lock and an election share: a named queue of claims on leases, one claim at a
+    time per object, taken in turn by create revision (see :class:`Claim`)."""
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        name: str,
+        *,
+        ttl_s: float,
+        prefix: bytes,
+        contenders_max: int,
+    ) -> None:
+        if ttl_s <= 0:
+            raise ValueError(f"ttl_s: must be > 0, got {ttl_s}")
+        self.client = client
+        self.name = name
+        self.ttl_s = ttl_s
+        self.contenders_max = contenders_max
+        self.queue = queue_prefix(prefix, name)
+        self._claim: Claim | None = None
+
+    async def _take_turn(self, value: bytes, timeout_s: float | None, what: str) -> Claim:
+        """Enter the queue with ``value`` and wait for our turn; every failure withdraws the
+        claim (``Timeout`` after ``timeout_s``, saying ``what`` did not happen)."""
+        claim = Claim(self.client, self.queue, ttl_s=self.ttl_s, contenders_max=self.contenders_max)
+        self._claim = claim
+        try:
+            async with asyncio.timeout(timeout_s):
+                await claim.enter(value)
+                await claim.wait_turn()
+        except TimeoutError:
+            await self._withdraw(claim)
+            raise Timeout(f"{what} within {timeout_s} s") from None
+        except BaseException:
+            await self._withdraw(claim)
+            raise
+        claim.hold()
+        return claim
+
+    async def _withdraw(self, claim: Claim) -> None:
+        self._claim = None
+        with contextlib.suppress(PhalanxError):  # the lease expires by itself otherwise
+            await claim.leave()
+
+
+class Lock(Contender):
     """A distributed lock named ``name``: fair (first come, first served), held as long as
     its lease of ``ttl_s`` is renewed, with a fencing token per holder.
 
@@ -353,14 +399,7 @@ class Lock:
         prefix: bytes = LOCK_PREFIX,
         contenders_max: int = CONTENDERS_MAX,
     ) -> None:
-        if ttl_s <= 0:
-            raise ValueError(f"ttl_s: must be > 0, got {ttl_s}")
-        self.client = client
-        self.name = name
-        self.ttl_s = ttl_s
-        self.contenders_max = contenders_max
-        self.queue = queue_prefix(prefix, name)
-        self._claim: Claim | None = None
+        super().__init__(client, name, ttl_s=ttl_s, prefix=prefix, contenders_max=contenders_max)
         self._held: Held | None = None
         self._acquired = 0
 
@@ -377,19 +416,7 @@ class Lock:
         """
         if self._claim is not None:
             raise RuntimeError(f"lock {self.name!r} is already held or being acquired")
-        claim = Claim(self.client, self.queue, ttl_s=self.ttl_s, contenders_max=self.contenders_max)
-        self._claim = claim
-        try:
-            async with asyncio.timeout(timeout_s):
-                await claim.enter(b"")
-                await claim.wait_turn()
-        except TimeoutError:
-            await self._withdraw(claim)
-            raise Timeout(f"lock {self.name!r} not acquired within {timeout_s} s") from None
-        except BaseException:
-            await self._withdraw(claim)
-            raise
-        claim.hold()
+        claim = await self._take_turn(b"", timeout_s, f"lock {self.name!r} not acquired")
         self._held = Held(self.name, claim)
         self._acquired += 1
         return self._held
@@ -400,11 +427,6 @@ class Lock:
         if claim is None:
             raise RuntimeError(f"lock {self.name!r} is not held")
         await claim.leave()
-
-    async def _withdraw(self, claim: Claim) -> None:
-        self._claim = None
-        with contextlib.suppress(PhalanxError):  # the lease expires by itself otherwise
-            await claim.leave()
 
     def statistics(self) -> dict[str, int]:
         stats = {"acquired": self._acquired, "holding": int(self._held is not None)}
