@@ -16,7 +16,7 @@ from rich.table import Table
 __all__ = ["run_chaos_act", "run_sharding_act", "run_txn_act"]
 
 #: The chaos act's fault phase, in seconds (the run adds a recovery period and the check).
-CHAOS_TIME_LIMIT_S = 8.0
+CHAOS_TIME_LIMIT_S = 10.0
 
 
 def run_sharding_act(console: Console, *, rows: int = 20_000) -> bool:
@@ -66,8 +66,6 @@ def run_chaos_act(console: Console, *, seed: int = 1) -> bool:
         time_limit_s=CHAOS_TIME_LIMIT_S,
         seed=seed,
         recovery_s=2.0,
-        fault_s=(1.0, 2.0),
-        quiet_s=(0.5, 1.0),
     )
     # Kept after the demo: the report is the point.
     out = Path(tempfile.mkdtemp(prefix="phalanx-demo-chaos-"))
