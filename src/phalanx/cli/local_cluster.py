@@ -387,6 +387,10 @@ def is_node_process(pid: int, data_dir: str) -> bool:
         return not Path("/proc/self").exists()  # no /proc on this system: trust the pid
     except OSError:
         return True
+    if cmdline == [b""]:
+        # Between a spawn and the end of its exec the new image has no arguments yet (the
+        # spawner resumes before they are set): a process this young is the one spawned.
+        return True
     return b"node" in cmdline and os.fsencode(data_dir) in cmdline
 
 
