@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
@@ -35,13 +35,43 @@ from phalanx.txn.saga.state import (
     SagaStatus,
 )
 
-__all__ = ["CLAIM_BATCH_MAX", "LIST_MAX", "LeaseLost", "MemorySagaStore", "SagaStore", "check_size"]
+__all__ = [
+    "CLAIM_BATCH_MAX",
+    "LIST_MAX",
+    "LeaseLost",
+    "MemorySagaStore",
+    "SagaStore",
+    "check_size",
+    "record_of_row",
+]
 
 
 #: Most sagas one claim hands out.
 CLAIM_BATCH_MAX = 256
 #: Most records one ``list`` returns.
 LIST_MAX = 10_000
+
+
+def record_of_row(row: Sequence[Any]) -> SagaRecord:
+    """A saga log row (the columns in the order the SQL stores select them) as a record."""
+    return SagaRecord(
+        saga_id=row[0],
+        name=row[1],
+        status=SagaStatus(row[2]),
+        step=int(row[3]),
+        payload=msgspec.json.decode(row[4]),
+        results=msgspec.json.decode(row[5]),
+        executions=int(row[6]),
+        resumes=int(row[7]),
+        error=row[8],
+        resume_status=SagaStatus(row[9]),
+        created_at_s=float(row[10]),
+        updated_at_s=float(row[11]),
+        deadline_s=float(row[12]),
+        owner=row[13],
+        lease_until_s=float(row[14]),
+        fence=int(row[15]),
+    )
 
 
 class LeaseLost(Conflict):

@@ -23,7 +23,7 @@ import psycopg
 
 from phalanx.errors import invariant
 from phalanx.txn.saga.state import EVENTS_PER_SAGA_MAX, SagaEvent, SagaRecord, SagaStatus
-from phalanx.txn.saga.store import CLAIM_BATCH_MAX, LIST_MAX, LeaseLost, check_size
+from phalanx.txn.saga.store import CLAIM_BATCH_MAX, LIST_MAX, LeaseLost, check_size, record_of_row
 
 __all__ = ["PostgresSagaStore"]
 
@@ -95,27 +95,6 @@ def _row(record: SagaRecord) -> tuple[Any, ...]:
     )
 
 
-def _record(row: tuple[Any, ...]) -> SagaRecord:
-    return SagaRecord(
-        saga_id=row[0],
-        name=row[1],
-        status=SagaStatus(row[2]),
-        step=int(row[3]),
-        payload=msgspec.json.decode(row[4]),
-        results=msgspec.json.decode(row[5]),
-        executions=int(row[6]),
-        resumes=int(row[7]),
-        error=row[8],
-        resume_status=SagaStatus(row[9]),
-        created_at_s=float(row[10]),
-        updated_at_s=float(row[11]),
-        deadline_s=float(row[12]),
-        owner=row[13],
-        lease_until_s=float(row[14]),
-        fence=int(row[15]),
-    )
-
-
 class PostgresSagaStore:
     """A :class:`~phalanx.txn.saga.store.SagaStore` in the database at ``conninfo``."""
 
@@ -166,7 +145,7 @@ class PostgresSagaStore:
                 _CLAIM,
                 (worker, now_s + lease_s, now_s, min(limit, CLAIM_BATCH_MAX)),
             ).fetchall()
-        return sorted((_record(r) for r in rows), key=lambda r: (r.updated_at_s, r.saga_id))
+        return sorted((record_of_row(r) for r in rows), key=lambda r: (r.updated_at_s, r.saga_id))
 
     def save(
         self, record: SagaRecord, events: Sequence[SagaEvent], *, now_s: float, lease_s: float
@@ -221,7 +200,7 @@ class PostgresSagaStore:
                 f"{_SELECT} {where} ORDER BY created_at_s, saga_id LIMIT %s",
                 (*params, min(limit, LIST_MAX)),
             ).fetchall()
-        return [_record(row) for row in rows]
+        return [record_of_row(row) for row in rows]
 
     def events(self, saga_id: str) -> list[SagaEvent]:
         with self._lock:
@@ -234,7 +213,7 @@ class PostgresSagaStore:
 
     def _get(self, saga_id: str) -> SagaRecord | None:
         row = self._conn.execute(f"{_SELECT} WHERE saga_id = %s", (saga_id,)).fetchone()
-        return None if row is None else _record(row)
+        return None if row is None else record_of_row(row)
 
     def _append(self, saga_id: str, event: SagaEvent) -> None:
         row = self._conn.execute(

@@ -22,7 +22,7 @@ import msgspec
 from phalanx.errors import invariant
 from phalanx.resilience.sqlite_db import open_database
 from phalanx.txn.saga.state import EVENTS_PER_SAGA_MAX, SagaEvent, SagaRecord, SagaStatus
-from phalanx.txn.saga.store import CLAIM_BATCH_MAX, LIST_MAX, LeaseLost, check_size
+from phalanx.txn.saga.store import CLAIM_BATCH_MAX, LIST_MAX, LeaseLost, check_size, record_of_row
 
 __all__ = ["SqliteSagaStore"]
 
@@ -84,27 +84,6 @@ def _row(record: SagaRecord) -> tuple[Any, ...]:
         record.owner,
         record.lease_until_s,
         record.fence,
-    )
-
-
-def _record(row: Sequence[Any]) -> SagaRecord:
-    return SagaRecord(
-        saga_id=row[0],
-        name=row[1],
-        status=SagaStatus(row[2]),
-        step=int(row[3]),
-        payload=msgspec.json.decode(row[4]),
-        results=msgspec.json.decode(row[5]),
-        executions=int(row[6]),
-        resumes=int(row[7]),
-        error=row[8],
-        resume_status=SagaStatus(row[9]),
-        created_at_s=float(row[10]),
-        updated_at_s=float(row[11]),
-        deadline_s=float(row[12]),
-        owner=row[13],
-        lease_until_s=float(row[14]),
-        fence=int(row[15]),
     )
 
 
@@ -251,7 +230,7 @@ class SqliteSagaStore:
                 f"SELECT {_COLUMNS} FROM sagas {where} ORDER BY created_at_s, saga_id LIMIT ?",  # noqa: S608 - fixed fragments only
                 (*params, min(limit, LIST_MAX)),
             ).fetchall()
-        return [_record(row) for row in rows]
+        return [record_of_row(row) for row in rows]
 
     def events(self, saga_id: str) -> list[SagaEvent]:
         with self._lock:
@@ -266,7 +245,7 @@ class SqliteSagaStore:
             f"SELECT {_COLUMNS} FROM sagas WHERE saga_id = ?",  # noqa: S608 - fixed columns
             (saga_id,),
         ).fetchone()
-        return None if row is None else _record(row)
+        return None if row is None else record_of_row(row)
 
     def _append(self, saga_id: str, event: SagaEvent) -> None:
         conn = self._conn
