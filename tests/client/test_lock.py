@@ -15,13 +15,14 @@ from phalanx.client.fencing import FencedResource, SqliteFencedResource, StaleTo
 from phalanx.client.lock import (
     LOCK_PREFIX,
     Lock,
+    NotAcquired,
     SyncLock,
     TooManyContenders,
     lowest,
     predecessor,
     queue_prefix,
 )
-from phalanx.errors import BadRequest, Timeout
+from phalanx.errors import BadRequest, Outcome, Timeout, Unavailable, outcome_of
 from phalanx.kv.responses import KeyValue
 
 WAIT_S = 10.0
@@ -185,6 +186,29 @@ async def test_the_lock_survives_a_leader_change(tmp_path: Path) -> None:
             assert await client.get(held.key) is None
 
 
+async def test_a_withdrawal_that_fails_leaves_the_timeout_unknown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with cluster(tmp_path) as nodes:
+        await leader_of(nodes)
+        async with AsyncClient([endpoint(n) for n in nodes.values()]) as client:
+            holder = Lock(client, "busy", ttl_s=2.0)
+            await holder.acquire()
+            waiter = Lock(client, "busy", ttl_s=1.0)
+
+            async def unanswered(lease_id: int) -> None:
+                raise Unavailable(f"revoke of {lease_id} not sent")
+
+            monkeypatch.setattr(client, "revoke", unanswered)
+            with pytest.raises(Timeout) as unknown:
+                await waiter.acquire(timeout_s=0.3)
+            assert not isinstance(unknown.value, NotAcquired)
+            assert outcome_of(unknown.value) is Outcome.INDETERMINATE
+            assert "lease ends within 1.0 s" in str(unknown.value)
+            monkeypatch.undo()
+            await holder.release()
+
+
 async def test_acquire_timeout_withdraws_the_claim(tmp_path: Path) -> None:
     async with cluster(tmp_path) as nodes:
         await leader_of(nodes)
@@ -192,8 +216,11 @@ async def test_acquire_timeout_withdraws_the_claim(tmp_path: Path) -> None:
             holder = Lock(client, "busy", ttl_s=2.0)
             await holder.acquire()
             waiter = Lock(client, "busy", ttl_s=2.0)
-            with pytest.raises(Timeout):
+            with pytest.raises(NotAcquired) as refused:
                 await waiter.acquire(timeout_s=0.3)
+            # Withdrawn and confirmed: a definite failure, still a Timeout to old callers.
+            assert outcome_of(refused.value) is Outcome.FAILED
+            assert isinstance(refused.value, Timeout)
             queue = await client.range(holder.queue, prefix=True)
             assert queue.count == 1
             # The waiter can try again later.

@@ -6,7 +6,7 @@ from phalanx.client.client import AsyncClient, parse_endpoint
 from phalanx.client.config import ConfigStore, InvalidConfig, Reloader
 from phalanx.client.election import Election, Leader, Leadership, LeadershipLost, SyncElection
 from phalanx.client.fencing import FencedResource, SqliteFencedResource, StaleToken
-from phalanx.client.lock import Held, LeaseLost, Lock, SyncLock, TooManyContenders
+from phalanx.client.lock import Held, LeaseLost, Lock, NotAcquired, SyncLock, TooManyContenders
 from phalanx.client.results import GetResult, KeyValue, WatchEvent
 from phalanx.client.sync import Client
 
@@ -25,6 +25,7 @@ __all__ = [
     "LeadershipLost",
     "LeaseLost",
     "Lock",
+    "NotAcquired",
     "Reloader",
     "SqliteFencedResource",
     "StaleToken",

@@ -28,7 +28,10 @@ Errors (in the tree of :mod:`phalanx.errors`)::
     ├── LeaseLost            the claim's lease ended (expired, revoked) or its key vanished
     │                        while waiting: nothing is held
     └── TooManyContenders    more than ``contenders_max`` keys in the queue
-    Timeout                  ``acquire(timeout_s=...)`` ran out; the claim was withdrawn
+    Timeout                  ``acquire(timeout_s=...)`` ran out and withdrawing the claim
+    │                        failed: its lease may hold the lock until it expires (unknown)
+    └── NotAcquired          the wait ran out (or a call's effect was unknown) and the claim
+                             is confirmed withdrawn: nothing is held, nor will be (failed)
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 from phalanx.client.client import AsyncClient
 from phalanx.client.results import KeyValue, WatchEvent
-from phalanx.errors import BadRequest, PhalanxError, Timeout, Unavailable, invariant
+from phalanx.errors import BadRequest, Outcome, PhalanxError, Timeout, Unavailable, invariant
 from phalanx.kv.commands import Compare, CompareOp, CompareTarget, Put, Range
 from phalanx.kv.errors import Compacted, LeaseNotFound
 from phalanx.kv.responses import RangeResult
@@ -60,6 +63,7 @@ __all__ = [
     "LeaseLost",
     "Lock",
     "LoopThread",
+    "NotAcquired",
     "SyncHeld",
     "SyncLock",
     "TooManyContenders",
@@ -90,6 +94,14 @@ class LeaseLost(Unavailable):
 
 class TooManyContenders(Unavailable):
     """The queue holds more than ``contenders_max`` keys."""
+
+
+class NotAcquired(Timeout):
+    """The wait for our turn ran out, or a call's effect was unknown, and the claim was then
+    withdrawn and the withdrawal confirmed: nothing is held, nor will be. A ``Timeout`` that
+    is known to have had no effect (outcome FAILED), so ``except Timeout`` still catches it."""
+
+    outcome = Outcome.FAILED
 
 
 def queue_prefix(prefix: bytes, name: str) -> bytes:
@@ -368,18 +380,30 @@ class Contender:
                 await claim.enter(value)
                 await claim.wait_turn()
         except TimeoutError:
-            await self._withdraw(claim)
-            raise Timeout(f"{what} within {timeout_s} s") from None
+            message = f"{what} within {timeout_s} s"
+            if await self._withdraw(claim):
+                raise NotAcquired(f"{message}; claim withdrawn") from None
+            raise Timeout(
+                f"{message}; withdrawing the claim failed, its lease ends within {self.ttl_s} s"
+            ) from None
+        except PhalanxError as exc:
+            if await self._withdraw(claim) and exc.outcome is Outcome.INDETERMINATE:
+                raise NotAcquired(f"{what}: {exc}; claim withdrawn") from exc
+            raise
         except BaseException:
             await self._withdraw(claim)
             raise
         claim.hold()
         return claim
 
-    async def _withdraw(self, claim: Claim) -> None:
+    async def _withdraw(self, claim: Claim) -> bool:
+        """Give the claim up; True when the lease is confirmed gone (revoked or expired)."""
         self._claim = None
-        with contextlib.suppress(PhalanxError):  # the lease expires by itself otherwise
+        try:
             await claim.leave()
+        except PhalanxError:  # the lease expires by itself within its TTL
+            return False
+        return True
 
 
 class Lock(Contender):
