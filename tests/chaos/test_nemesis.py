@@ -17,11 +17,20 @@ from phalanx.chaos.nemesis import (
     CLOCK_SKEW_MS_MAX,
     FAULT_KINDS,
     PARTITION_SHAPES,
+    STROBE_PERIOD_MS,
     NemesisError,
     grudge,
     plan,
 )
-from phalanx.net.faults import CLOCK_OFFSET_MS_MAX, DELAYED_MESSAGES_MAX, LinkFaults, Toxic
+from phalanx.clock import ManualClock
+from phalanx.net.faults import (
+    CLOCK_OFFSET_MS_MAX,
+    DELAYED_MESSAGES_MAX,
+    STROBE_PERIOD_MS_MIN,
+    ClockStrobe,
+    LinkFaults,
+    Toxic,
+)
 from phalanx.node.http import node_http_server
 
 IDS = (1, 2, 3, 4, 5)
@@ -143,6 +152,42 @@ def test_a_clock_offset_shifts_now_until_healed() -> None:
         faults.set_clock_offset(CLOCK_OFFSET_MS_MAX + 1)
 
 
+def test_a_clock_strobe_jumps_back_and_forth_until_it_ends() -> None:
+    clock = ManualClock(wall_start_s=1_000.0)
+    faults = LinkFaults(clock=clock)
+    faults.set_clock_offset(-100)
+    faults.set_clock_strobe(ClockStrobe(delta_ms=5_000, period_ms=50, duration_ms=200))
+    seen = []
+    for _ in range(6):  # 0, 40, 80, 120, 160, 200 ms into the strobe
+        seen.append(faults.now_ms() - round(clock.wall_s() * 1000))
+        clock.advance(0.04)
+    # The jump first, back at 50 ms, again at 100 ms, back at 150 ms, over at 200 ms.
+    assert seen == [4_900, 4_900, -100, 4_900, -100, -100]
+    assert faults.state().clock_strobe is None
+    faults.set_clock_strobe(ClockStrobe(delta_ms=-3_000, period_ms=10, duration_ms=1_000))
+    assert faults.state().clock_strobe == ClockStrobe(
+        delta_ms=-3_000, period_ms=10, duration_ms=1_000
+    )
+    faults.heal()
+    assert faults.now_ms() == round(clock.wall_s() * 1000)
+    assert faults.state().clock_strobe is None
+    with pytest.raises(ValueError, match="period_ms"):
+        ClockStrobe(delta_ms=1, period_ms=STROBE_PERIOD_MS_MIN - 1, duration_ms=10)
+    with pytest.raises(ValueError, match="delta_ms"):
+        ClockStrobe(delta_ms=CLOCK_OFFSET_MS_MAX + 1, period_ms=10, duration_ms=10)
+    with pytest.raises(ValueError, match="duration_ms"):
+        ClockStrobe(delta_ms=1, period_ms=10, duration_ms=-1)
+
+
+def test_half_the_clock_windows_strobe() -> None:
+    windows = plan(3, ["clock"], time_limit_s=600, ids=IDS)
+    strobes = [w for w in windows if w.strobe_period_ms]
+    assert 0 < len(strobes) < len(windows)
+    low, high = STROBE_PERIOD_MS
+    assert all(low <= w.strobe_period_ms <= high for w in strobes)
+    assert {w.describe() for w in windows} == {"clock", "clock strobe"}
+
+
 def test_toxics_are_validated() -> None:
     with pytest.raises(ValueError, match="loss"):
         Toxic(loss=1.5)
@@ -222,6 +267,14 @@ async def test_admin_endpoint_isolates_and_heals_a_running_node(tmp_path: Path) 
             )
             assert (status, state["clock_offset_ms"]) == (200, -2500)
             assert old.faults.now_ms() < int(time.time() * 1000) - 2000
+            strobe = {"delta_ms": 4000, "period_ms": 20, "duration_ms": 60_000}
+            body = json.dumps({"clock_strobe": strobe}).encode()
+            status, state = await _http(http.address, "POST", "/admin/faults", body)
+            assert (status, state["clock_strobe"]) == (200, strobe)
+            bad = json.dumps({"clock_strobe": {**strobe, "period_ms": 0}}).encode()
+            status, state = await _http(http.address, "POST", "/admin/faults", bad)
+            assert status == 400
+            assert "period_ms" in state["error"]
 
             status, state = await _http(http.address, "POST", "/admin/faults", b'{"isolate":"x"}')
             assert status == 400

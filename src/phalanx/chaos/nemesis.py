@@ -28,7 +28,9 @@ fault (``kind``/shape)    what happens while the window is open
                           ``latency_ms`` +/- ``jitter_ms`` (Toxiproxy's vocabulary)
 ``clock``                 every node's clock is shifted by its own offset of up to
                           ``CLOCK_SKEW_MS_MAX`` either way: lease grants, renewals and
-                          expiry follow the leader's skewed clock; reset at the close
+                          expiry follow the leader's skewed clock; or (half of the
+                          windows) *strobed*: each node's clock jumps by its own offset
+                          and back every ``period`` of 10 to 250 ms. Reset at the close
 ``membership``            a follower is removed from the cluster through the client and
                           stopped; at the close it is added back as a learner (its data
                           wiped, started with ``--join``) and promoted to voter
@@ -64,6 +66,7 @@ __all__ = [
     "FAULT_KINDS",
     "NEMESIS_PROCESS",
     "PARTITION_SHAPES",
+    "STROBE_PERIOD_MS",
     "WINDOWS_MAX",
     "FaultWindow",
     "Nemesis",
@@ -85,6 +88,8 @@ QUIET_S_DEFAULT: Final = (1.0, 3.0)
 LEADER_WAIT_S_MAX: Final = 10.0
 #: The largest clock offset the ``clock`` fault gives a node, either way.
 CLOCK_SKEW_MS_MAX: Final = 10_000
+#: The range of a clock strobe's half-period.
+STROBE_PERIOD_MS: Final = (10, 250)
 #: How long a membership change through the client may take.
 MEMBERSHIP_TIMEOUT_S: Final = 5.0
 _PROMOTE_RETRY_S: Final = 0.2
@@ -110,6 +115,7 @@ class FaultWindow(msgspec.Struct, frozen=True, kw_only=True):
     groups: list[list[int]] = msgspec.field(default_factory=list)
     toxic: dict[str, float] = msgspec.field(default_factory=dict)
     offsets: dict[int, int] = msgspec.field(default_factory=dict)
+    strobe_period_ms: int = 0
 
     @property
     def end_s(self) -> float:
@@ -120,6 +126,8 @@ class FaultWindow(msgspec.Struct, frozen=True, kw_only=True):
             return f"partition {self.shape}"
         if self.kind in {"kill", "pause"}:
             return f"{self.kind} {self.target if self.target == 'leader' else self.node}"
+        if self.kind == "clock" and self.strobe_period_ms:
+            return "clock strobe"
         return self.kind
 
 
@@ -219,7 +227,8 @@ def plan(
             window = msgspec.structs.replace(window, toxic=settings)
         elif kind == "clock":
             offsets = {i: rng.randint(-CLOCK_SKEW_MS_MAX, CLOCK_SKEW_MS_MAX) for i in members}
-            window = msgspec.structs.replace(window, offsets=offsets)
+            period_ms = rng.randint(*STROBE_PERIOD_MS) if rng.random() < 0.5 else 0
+            window = msgspec.structs.replace(window, offsets=offsets, strobe_period_ms=period_ms)
         elif kind == "membership":
             window = msgspec.structs.replace(window, node=rng.choice(members))
         windows.append(window)
@@ -301,13 +310,25 @@ class Nemesis:
             )
             return {"toxic": window.toxic, **answered}
         if window.kind == "clock":
-            answered = await self._post_all(
-                {i: {"clock_offset_ms": off} for i, off in window.offsets.items()}
-            )
-            return {"offsets_ms": {str(i): o for i, o in window.offsets.items()}, **answered}
+            return await self._clock(window)
         if window.kind == "membership":
             return await self._remove_member()
         raise _Skip(f"unknown fault {window.kind!r}")
+
+    async def _clock(self, window: FaultWindow) -> dict[str, Any]:
+        offsets = {str(i): o for i, o in window.offsets.items()}
+        if not window.strobe_period_ms:
+            answered = await self._post_all(
+                {i: {"clock_offset_ms": off} for i, off in window.offsets.items()}
+            )
+            return {"offsets_ms": offsets, **answered}
+        duration_ms = round(window.duration_s * 1000)
+        strobes = {
+            i: {"delta_ms": off, "period_ms": window.strobe_period_ms, "duration_ms": duration_ms}
+            for i, off in window.offsets.items()
+        }
+        answered = await self._post_all({i: {"clock_strobe": s} for i, s in strobes.items()})
+        return {"strobe_ms": offsets, "period_ms": window.strobe_period_ms, **answered}
 
     async def _partition(self, window: FaultWindow) -> dict[str, Any]:
         cluster = self.cluster

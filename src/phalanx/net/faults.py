@@ -17,23 +17,32 @@ tolerates; at most :data:`DELAYED_MESSAGES_MAX` are held at once, further ones a
 **Clock offset**: :meth:`LinkFaults.now_ms` is the wall clock shifted by ``clock_offset_ms``
 (at most :data:`CLOCK_OFFSET_MS_MAX` either way). The node stamps its proposals with it, so
 on a leader it moves lease decisions (grants, renewals, expiry) as a skewed clock would.
-:meth:`LinkFaults.heal` resets it along with the links.
+
+**Clock strobe** (Jepsen's word): for ``duration_ms`` the clock flips between its (offset)
+time plus ``delta_ms`` and that time, every ``period_ms`` (the jump first): time jumps
+forward and back many times a second, as an unstable NTP sync or a flapping VM clock would.
+The phase follows the injected monotonic clock. :meth:`LinkFaults.heal` resets the offset
+and the strobe along with the links.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Final, TypeVar
 
 import msgspec
 
+from phalanx.clock import SYSTEM_CLOCK, Clock
+
 __all__ = [
     "CLOCK_OFFSET_MS_MAX",
     "DELAYED_MESSAGES_MAX",
     "LATENCY_MS_MAX",
+    "STROBE_DURATION_MS_MAX",
+    "STROBE_PERIOD_MS_MIN",
+    "ClockStrobe",
     "FaultsState",
     "LinkFaults",
     "Toxic",
@@ -47,6 +56,9 @@ DELAYED_MESSAGES_MAX: Final = 10_000
 LATENCY_MS_MAX: Final = 60_000.0
 #: The largest clock offset, either way (an hour).
 CLOCK_OFFSET_MS_MAX: Final = 3_600_000
+#: The shortest half-period of a clock strobe, and the longest a strobe may last (an hour).
+STROBE_PERIOD_MS_MIN: Final = 1
+STROBE_DURATION_MS_MAX: Final = 3_600_000
 
 
 class Toxic(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -64,6 +76,22 @@ class Toxic(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
                 raise ValueError(f"{name}: in [0, {LATENCY_MS_MAX:g}], got {value}")
 
 
+class ClockStrobe(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Flip the clock between ``+0`` and ``+delta_ms`` every ``period_ms``, for ``duration_ms``."""
+
+    delta_ms: int
+    period_ms: int
+    duration_ms: int
+
+    def __post_init__(self) -> None:
+        if abs(self.delta_ms) > CLOCK_OFFSET_MS_MAX:
+            raise ValueError(f"strobe delta_ms: at most {CLOCK_OFFSET_MS_MAX} ms either way")
+        if self.period_ms < STROBE_PERIOD_MS_MIN:
+            raise ValueError(f"strobe period_ms: at least {STROBE_PERIOD_MS_MIN}")
+        if not 0 <= self.duration_ms <= STROBE_DURATION_MS_MAX:
+            raise ValueError(f"strobe duration_ms: in [0, {STROBE_DURATION_MS_MAX}]")
+
+
 class FaultsState(msgspec.Struct, kw_only=True):
     """What :meth:`LinkFaults.state` reports (the admin endpoint's answer)."""
 
@@ -73,17 +101,21 @@ class FaultsState(msgspec.Struct, kw_only=True):
     dropped_in: int
     delayed: int
     clock_offset_ms: int = 0
+    clock_strobe: ClockStrobe | None = None
 
 
 class LinkFaults:
-    """The cut links and toxics of one node."""
+    """The cut links and toxics of one node (``clock``: whose time :meth:`now_ms` reports)."""
 
-    def __init__(self, *, seed: int = 0) -> None:
+    def __init__(self, *, seed: int = 0, clock: Clock = SYSTEM_CLOCK) -> None:
         self._cut: set[int] = set()
         self._toxics: dict[int, Toxic] = {}
         self._rng = random.Random(seed)
+        self._clock = clock
         self._delayed = 0
         self._clock_offset_ms = 0
+        self._strobe: ClockStrobe | None = None
+        self._strobe_from_s = 0.0
         self.dropped_out = 0
         self.dropped_in = 0
 
@@ -100,6 +132,7 @@ class LinkFaults:
         self._cut.clear()
         self._toxics.clear()
         self._clock_offset_ms = 0
+        self._strobe = None
 
     def set_clock_offset(self, offset_ms: int) -> None:
         """Shift :meth:`now_ms` by ``offset_ms`` (replacing any earlier offset)."""
@@ -107,9 +140,22 @@ class LinkFaults:
             raise ValueError(f"clock offset: at most {CLOCK_OFFSET_MS_MAX} ms either way")
         self._clock_offset_ms = offset_ms
 
+    def set_clock_strobe(self, strobe: ClockStrobe) -> None:
+        """Start strobing the clock now (replacing any strobe under way)."""
+        self._strobe = strobe
+        self._strobe_from_s = self._clock.now_s()
+
     def now_ms(self) -> int:
-        """The wall clock in milliseconds, shifted by the clock offset."""
-        return int(time.time() * 1000) + self._clock_offset_ms
+        """The wall clock in milliseconds, shifted by the clock offset and the strobe."""
+        now_ms = int(self._clock.wall_s() * 1000) + self._clock_offset_ms
+        strobe = self._strobe
+        if strobe is not None:
+            elapsed_ms = (self._clock.now_s() - self._strobe_from_s) * 1000
+            if elapsed_ms >= strobe.duration_ms:
+                self._strobe = None
+            elif int(elapsed_ms // strobe.period_ms) % 2 == 0:  # jump first, then back
+                now_ms += strobe.delta_ms
+        return now_ms
 
     def reseed(self, seed: int) -> None:
         """Restart the RNG that draws losses and jitter."""
@@ -127,6 +173,7 @@ class LinkFaults:
             dropped_in=self.dropped_in,
             delayed=self._delayed,
             clock_offset_ms=self._clock_offset_ms,
+            clock_strobe=self._strobe,
         )
 
     def blocks_out(self, peer: int) -> bool:

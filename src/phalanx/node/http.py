@@ -19,7 +19,9 @@ One small ASGI app (:class:`NodeHttpApp`) answers four paths:
   ``{"heal": true}`` restores every link and resets the rest; ``{"isolate": [2, 3]}`` cuts
   the links to those peers; ``{"toxics": {"2": {"loss": 0.1, "latency_ms": 50}}}``
   degrades outgoing links; ``{"seed": 7}`` reseeds the draws; ``{"clock_offset_ms": 5000}``
-  shifts the clock the node stamps its proposals with. The answer is the state after.
+  shifts the clock the node stamps its proposals with; ``{"clock_strobe": {"delta_ms": 3000,
+  "period_ms": 50, "duration_ms": 2000}}`` makes that clock jump back and forth. The answer
+  is the state after.
   Anyone who reaches it can partition the cluster: it exists for chaos testing on loopback.
 
 The probes come from :mod:`phalanx.health` (registry, caching, timeouts, startup gating and
@@ -46,7 +48,7 @@ from prometheus_client.exposition import choose_encoder
 from phalanx.clock import SYSTEM_CLOCK, Clock
 from phalanx.health import CheckFailed, HealthApp, HealthRegistry, Probe
 from phalanx.health.server import bind_listener
-from phalanx.net.faults import CLOCK_OFFSET_MS_MAX, LinkFaults, Toxic
+from phalanx.net.faults import CLOCK_OFFSET_MS_MAX, ClockStrobe, LinkFaults, Toxic
 
 __all__ = [
     "ADMIN_BODY_BYTES_MAX",
@@ -261,6 +263,7 @@ class FaultsRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     clock_offset_ms: (
         Annotated[int, msgspec.Meta(ge=-CLOCK_OFFSET_MS_MAX, le=CLOCK_OFFSET_MS_MAX)] | None
     ) = None
+    clock_strobe: ClockStrobe | None = None
 
 
 _FAULTS_DECODER: Final = msgspec.json.Decoder(FaultsRequest)
@@ -335,6 +338,8 @@ class AdminFaults:
             self.faults.reseed(request.seed)
         if request.clock_offset_ms is not None:
             self.faults.set_clock_offset(request.clock_offset_ms)
+        if request.clock_strobe is not None:
+            self.faults.set_clock_strobe(request.clock_strobe)
 
 
 class NodeHttpApp:
