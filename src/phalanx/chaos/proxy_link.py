@@ -1,0 +1,392 @@
+"""One proxied TCP connection: two sockets, two pipes, and the toxics between them.
+
+A :class:`Link` joins the client's socket (accepted by the proxy) to one upstream socket
+that it opens. Each socket is a :class:`Side` (an asyncio protocol); each direction is a
+:class:`Pipe` that reads from one side and writes to the other: ``upstream`` carries the
+client's bytes to the server, ``downstream`` the server's bytes to the client.
+
+A side hands what it reads to its pipe as :class:`~phalanx.chaos.toxics.Chunk` s of at most
+``READ_CHUNK_BYTES_MAX``; the pipe stops reading from that side while more than
+``BUFFERED_BYTES_MAX`` wait (backpressure up to the sender) and waits for the destination
+to drain after each write (backpressure from the receiver). The pipe's task takes chunks in
+order and passes each through the toxics of its direction; it rebuilds that chain whenever
+the proxy's toxics change (:class:`ToxicSource` ``revision``), keeping the state of toxics
+that did not change, so a change reaches open connections from their next chunk on. While
+idle it also wakes at the earliest toxic deadline (``timeout``, ``reset_peer``).
+
+A close of one side (FIN) is passed on as a half-close of the other, after the toxics'
+``on_close`` (``slow_close``); the link ends when both directions are closed, when a side
+is gone, or when a toxic cuts it (:class:`~phalanx.chaos.toxics.StreamCut`): then both
+sockets are closed, or reset (RST, ``SO_LINGER`` 0) for ``reset_peer`` or when a peer
+reset its own socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import random
+import socket
+import struct
+from collections import deque
+from typing import Final, Protocol
+
+import msgspec
+
+from phalanx.chaos.toxics import (
+    READ_CHUNK_BYTES_MAX,
+    Chunk,
+    Stream,
+    StreamCut,
+    Toxic,
+    ToxicSpec,
+    make_toxic,
+)
+from phalanx.clock import Clock
+
+__all__ = [
+    "BUFFERED_BYTES_MAX",
+    "UPSTREAM_CONNECT_TIMEOUT_S",
+    "Link",
+    "Pipe",
+    "ProxyStatistics",
+    "Side",
+    "ToxicSource",
+]
+
+#: Bytes read but not yet passed on, per connection and direction; above it the proxy stops
+#: reading from the sender until half of it has been passed on.
+BUFFERED_BYTES_MAX: Final = 1024 * 1024
+#: How long opening the upstream connection of a new client connection may take.
+UPSTREAM_CONNECT_TIMEOUT_S: Final = 10.0
+_LINGER_RESET: Final = struct.pack("ii", 1, 0)
+
+
+class ProxyStatistics(msgspec.Struct, kw_only=True):
+    """What one proxy counted since it was created.
+
+    ``connections_refused`` are client connections closed at once because the proxy had
+    ``CONNECTIONS_PER_PROXY_MAX`` open; ``upstream_failures`` are client connections closed
+    because the upstream could not be reached. ``bytes_upstream`` / ``bytes_downstream`` are
+    the bytes passed on (after the toxics) in each direction.
+    """
+
+    connections_accepted: int = 0
+    connections_open: int = 0
+    connections_refused: int = 0
+    upstream_failures: int = 0
+    connections_cut: int = 0
+    connections_reset: int = 0
+    bytes_upstream: int = 0
+    bytes_downstream: int = 0
+
+
+class ToxicSource(Protocol):
+    """Where a pipe reads the current toxics of its direction (the proxy)."""
+
+    @property
+    def revision(self) -> int:
+        """A number that changes whenever the toxics change."""
+        ...
+
+    def toxics(self, stream: Stream) -> list[ToxicSpec]:
+        """The toxics of ``stream``, in the order they were added."""
+        ...
+
+
+def reset_transport(transport: asyncio.BaseTransport) -> None:
+    """Close ``transport`` with a TCP reset: ``SO_LINGER`` 0, then abort."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    transport.abort()  # type: ignore[attr-defined]
+
+
+class Side(asyncio.Protocol):
+    """One socket of a link: feeds what it reads to ``reader`` and is written by the other
+    direction's pipe (with flow control: :meth:`drain`)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.transport: asyncio.Transport | None = None
+        self.reader: Pipe | None = None  # the pipe reading from this side
+        self.writer: Pipe | None = None  # the pipe writing to this side
+        self.lost = False
+        self.reset_by_peer = False
+        self._write_paused = False
+        self._drained: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)  # noqa: S101 - asyncio's contract for TCP
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        if self.reader is not None:
+            self.reader.feed(data)
+
+    def eof_received(self) -> bool:
+        if self.reader is not None:
+            self.reader.feed_eof()
+        return True  # keep the socket open for the other direction's bytes (half-close)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.reset_by_peer = isinstance(exc, ConnectionResetError)
+        self._wake_drain()
+        if self.reader is not None:
+            self.reader.feed_eof()
+        if self.writer is not None:
+            self.writer.poke()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_drain()
+
+    def _wake_drain(self) -> None:
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self._drained = None
+
+    async def drain(self) -> None:
+        """Wait until the transport's write buffer is below its high-water mark (or lost)."""
+        if not self._write_paused or self.lost:
+            return
+        self._drained = asyncio.get_running_loop().create_future()
+        await self._drained
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def close(self, *, reset: bool) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        if reset:
+            reset_transport(self.transport)
+        else:
+            self.transport.close()
+
+
+class Pipe:
+    """One direction of a link: reads ``source``, passes chunks through toxics, writes ``dest``."""
+
+    def __init__(
+        self,
+        stream: Stream,
+        source: Side,
+        dest: Side,
+        toxic_source: ToxicSource,
+        statistics: ProxyStatistics,
+        *,
+        clock: Clock,
+        rng: random.Random,
+    ) -> None:
+        self.stream = stream
+        self.source = source
+        self.dest = dest
+        self._toxic_source = toxic_source
+        self._statistics = statistics
+        self._clock = clock
+        self._rng = rng
+        source.reader = self
+        dest.writer = self
+        self._buffer: deque[Chunk] = deque()
+        self.buffered_bytes = 0
+        self._eof = False
+        self._reading_paused = False
+        self._wakeup = asyncio.Event()
+        self._revision: int | None = None
+        self._toxics: dict[str, tuple[ToxicSpec, Toxic | None]] = {}
+        self.chain: list[Toxic] = []
+
+    # -- called by the source side ---------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        now_s = self._clock.now_s()
+        for start in range(0, len(data), READ_CHUNK_BYTES_MAX):
+            self._buffer.append(Chunk(data[start : start + READ_CHUNK_BYTES_MAX], now_s))
+        self.buffered_bytes += len(data)
+        if self.buffered_bytes > BUFFERED_BYTES_MAX and not self._reading_paused:
+            self._reading_paused = True
+            self.source.pause_reading()
+        self._wakeup.set()
+
+    def feed_eof(self) -> None:
+        self._eof = True
+        self._wakeup.set()
+
+    def poke(self) -> None:
+        """Look again at the toxics and the destination (they changed)."""
+        self._wakeup.set()
+
+    # -- the task ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Pass chunks on until the source's close has been passed on or ``dest`` is gone.
+
+        Raises :class:`StreamCut` when a toxic (or a reset by the source's peer) ends the link.
+        """
+        while not self.dest.lost:
+            self._refresh_chain()
+            self._expire_due()
+            if self._buffer:
+                await self._pass_one()
+            elif self._eof:
+                await self._pass_close()
+                return
+            else:
+                await self._wait()
+
+    async def _pass_one(self) -> None:
+        chunk = self._buffer.popleft()
+        self.buffered_bytes -= len(chunk.data)
+        if self._reading_paused and self.buffered_bytes <= BUFFERED_BYTES_MAX // 2:
+            self._reading_paused = False
+            self.source.resume_reading()
+        chain = self.chain
+        if chain:
+            await self._through(chain, 0, chunk)
+        else:
+            await self._write(chunk)
+
+    async def _through(self, chain: list[Toxic], index: int, chunk: Chunk) -> None:
+        if index == len(chain):
+            await self._write(chunk)
+        else:
+            await chain[index].on_data(chunk, functools.partial(self._through, chain, index + 1))
+
+    async def _write(self, chunk: Chunk) -> None:
+        transport = self.dest.transport
+        if self.dest.lost or transport is None or transport.is_closing():
+            return
+        transport.write(chunk.data)
+        if self.stream == "upstream":
+            self._statistics.bytes_upstream += len(chunk.data)
+        else:
+            self._statistics.bytes_downstream += len(chunk.data)
+        await self.dest.drain()
+
+    async def _pass_close(self) -> None:
+        if self.source.reset_by_peer:
+            raise StreamCut(f"{self.source.name} reset the connection", reset=True)
+        for toxic in self.chain:
+            await toxic.on_close()
+        transport = self.dest.transport
+        if transport is not None and not transport.is_closing() and transport.can_write_eof():
+            transport.write_eof()
+
+    def _refresh_chain(self) -> None:
+        revision = self._toxic_source.revision
+        if revision == self._revision:
+            return
+        self._revision = revision
+        kept: dict[str, tuple[ToxicSpec, Toxic | None]] = {}
+        for spec in self._toxic_source.toxics(self.stream):
+            old = self._toxics.get(spec.name)
+            if old is not None and old[0] == spec:
+                kept[spec.name] = old
+            else:
+                kept[spec.name] = (spec, make_toxic(spec, self._clock, self._rng))
+        self._toxics = kept
+        self.chain = [toxic for _spec, toxic in kept.values() if toxic is not None]
+
+    def _deadline_s(self) -> float | None:
+        deadlines = [d for d in (t.deadline_s() for t in self.chain) if d is not None]
+        return min(deadlines) if deadlines else None
+
+    def _expire_due(self) -> None:
+        deadline_s = self._deadline_s()
+        if deadline_s is None or deadline_s > self._clock.now_s():
+            return
+        now_s = self._clock.now_s()
+        for toxic in self.chain:
+            due_s = toxic.deadline_s()
+            if due_s is not None and due_s <= now_s:
+                toxic.expire()
+
+    async def _wait(self) -> None:
+        """Until something is fed or poked, or the earliest toxic deadline."""
+        self._wakeup.clear()
+        deadline_s = self._deadline_s()
+        if deadline_s is None:
+            await self._wakeup.wait()
+            return
+        remaining_s = deadline_s - self._clock.now_s()
+        if remaining_s <= 0:
+            return
+        woken = asyncio.ensure_future(self._wakeup.wait())
+        slept = asyncio.ensure_future(self._clock.asleep(remaining_s))
+        try:
+            await asyncio.wait((woken, slept), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
+            slept.cancel()
+            await asyncio.gather(woken, slept, return_exceptions=True)
+
+
+class Link:
+    """A client connection joined to its own upstream connection."""
+
+    def __init__(
+        self,
+        client: Side,
+        upstream: tuple[str, int],
+        toxic_source: ToxicSource,
+        statistics: ProxyStatistics,
+        *,
+        clock: Clock,
+        rng: random.Random,
+    ) -> None:
+        self.client = client
+        self.server = Side("upstream")
+        self.upstream_address = upstream
+        self._statistics = statistics
+        self.upstream = Pipe(
+            "upstream", client, self.server, toxic_source, statistics, clock=clock, rng=rng
+        )
+        self.downstream = Pipe(
+            "downstream", self.server, client, toxic_source, statistics, clock=clock, rng=rng
+        )
+
+    def poke(self) -> None:
+        self.upstream.poke()
+        self.downstream.poke()
+
+    async def run(self) -> None:
+        """Connect upstream, then pipe both ways until the link ends; always closes both."""
+        reset = False
+        try:
+            host, port = self.upstream_address
+            try:
+                async with asyncio.timeout(UPSTREAM_CONNECT_TIMEOUT_S):
+                    await asyncio.get_running_loop().create_connection(
+                        lambda: self.server, host, port
+                    )
+            except (OSError, TimeoutError):
+                self._statistics.upstream_failures += 1
+                return
+            try:
+                async with asyncio.TaskGroup() as pipes:
+                    pipes.create_task(self.upstream.run())
+                    pipes.create_task(self.downstream.run())
+            except* StreamCut as group:
+                reset = any(isinstance(c, StreamCut) and c.reset for c in group.exceptions)
+                self._statistics.connections_cut += 1
+                if reset:
+                    self._statistics.connections_reset += 1
+        finally:
+            self.client.close(reset=reset)
+            self.server.close(reset=reset)
