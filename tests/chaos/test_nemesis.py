@@ -17,10 +17,12 @@ from phalanx.chaos.nemesis import (
     CLOCK_SKEW_MS_MAX,
     FAULT_KINDS,
     PARTITION_SHAPES,
+    PROXY_KINDS,
     STROBE_PERIOD_MS,
     NemesisError,
     grudge,
     plan,
+    proxy_toxics,
 )
 from phalanx.clock import ManualClock
 from phalanx.net.faults import (
@@ -186,6 +188,38 @@ def test_half_the_clock_windows_strobe() -> None:
     low, high = STROBE_PERIOD_MS
     assert all(low <= w.strobe_period_ms <= high for w in strobes)
     assert {w.describe() for w in windows} == {"clock", "clock strobe"}
+
+
+def test_the_command_line_offers_every_fault_kind() -> None:
+    from phalanx.cli.chaos import _NEMESES
+
+    assert set(_NEMESES) == set(FAULT_KINDS)
+
+
+def test_proxy_windows_carry_toxiproxy_toxics_drawn_in_advance() -> None:
+    windows = plan(11, PROXY_KINDS, time_limit_s=400, ids=IDS)
+    assert {w.kind for w in windows} == set(PROXY_KINDS)
+    for window in windows:
+        toxics = proxy_toxics(window)
+        types = [t["type"] for t in toxics]
+        attributes = toxics[0]["attributes"]
+        if window.kind == "bandwidth":
+            assert (window.node, types) == (0, ["bandwidth"])
+            assert 4 <= attributes["rate"] <= 64
+        elif window.kind == "reset":
+            assert window.node in IDS
+            assert types == ["reset_peer"]
+            assert 0 <= attributes["timeout"] <= 1_000
+        elif window.kind == "slow-close":
+            assert types == ["limit_data", "slow_close", "slow_close"]
+            assert {t["stream"] for t in toxics[1:]} == {"upstream", "downstream"}
+            assert 1024 <= attributes["bytes"] <= 64 * 1024
+        else:
+            assert window.node in IDS
+            assert types == ["timeout", "timeout"]
+            assert attributes["timeout"] == 0 or 500 <= attributes["timeout"] <= 3_000
+        assert all(isinstance(v, int) for t in toxics for v in t["attributes"].values())
+    assert {w.describe() for w in windows if w.kind == "reset"} <= {f"reset {i}" for i in IDS}
 
 
 def test_toxics_are_validated() -> None:

@@ -11,6 +11,13 @@ and waits for them (bounded).
 
 ``node_command`` is the argument vector that runs ``phalanx node`` (default: this Python
 running ``phalanx.cli.main``); the tests give another one to start deliberately weakened nodes.
+
+With ``proxied``, one more child process runs ``phalanx chaos proxy serve`` (see
+:mod:`phalanx.chaos.proxy`) with one proxy per member, ``peer-<id>``, in front of that
+member's peer port: the cluster's member list gives the proxies' addresses, so every Raft
+connection to a member passes through its proxy, and byte-stream toxics (bandwidth, resets,
+slow closes, black holes) act on real TCP connections. :meth:`~ChaosCluster.add_toxic` and
+:meth:`~ChaosCluster.reset_proxies` drive the proxy's HTTP API.
 """
 
 from __future__ import annotations
@@ -37,7 +44,9 @@ from phalanx.node.client_protocol import NodeStatus
 __all__ = [
     "ADMIN_TIMEOUT_S",
     "NODES_MAX",
+    "PROXY_START_S_MAX",
     "ChaosCluster",
+    "ClusterFaultError",
     "ClusterStartError",
     "default_node_command",
 ]
@@ -49,6 +58,8 @@ NODES_MAX: Final = 9
 ADMIN_TIMEOUT_S: Final = 2.0
 #: How long stopping waits for a killed process to be reaped.
 REAP_TIMEOUT_S: Final = 5.0
+#: How long the proxy process may take to answer its admin API after it starts.
+PROXY_START_S_MAX: Final = 10.0
 #: How long one status request may take while waiting for a leader.
 STATUS_TIMEOUT_S: Final = 1.0
 _RESPONSE_BYTES_MAX: Final = 1 << 20
@@ -86,6 +97,8 @@ class ChaosCluster:
         fsync: bool = True,
         node_command: Sequence[str] | None = None,
         cluster_id: str = "chaos",
+        proxied: bool = False,
+        seed: int = 0,
     ) -> None:
         if not 1 <= nodes <= NODES_MAX:
             raise ValueError(f"nodes: 1..{NODES_MAX}, got {nodes}")
@@ -95,14 +108,24 @@ class ChaosCluster:
         self.fsync = fsync
         self.cluster_id = cluster_id
         self.node_command = list(node_command or default_node_command())
-        ports = _free_ports(3 * nodes)
-        self.peer = {i: (HOST, ports[3 * k]) for k, i in enumerate(self.ids)}
-        self.client = {i: (HOST, ports[3 * k + 1]) for k, i in enumerate(self.ids)}
-        self.http = {i: (HOST, ports[3 * k + 2]) for k, i in enumerate(self.ids)}
+        self.proxied = proxied
+        self.seed = seed
+        ports = _free_ports(4 * nodes + 1)
+        self.peer = {i: (HOST, ports[4 * k]) for k, i in enumerate(self.ids)}
+        self.client = {i: (HOST, ports[4 * k + 1]) for k, i in enumerate(self.ids)}
+        self.http = {i: (HOST, ports[4 * k + 2]) for k, i in enumerate(self.ids)}
+        #: Where the other members reach each member's peer port: its proxy, or the port.
+        self.peer_advertised = (
+            {i: (HOST, ports[4 * k + 3]) for k, i in enumerate(self.ids)}
+            if proxied
+            else dict(self.peer)
+        )
+        self.proxy_admin = (HOST, ports[-1])
         self.spec = ",".join(
-            f"{i}={self.peer[i][0]}:{self.peer[i][1]}/{self.client[i][0]}:{self.client[i][1]}"
+            f"{i}={_hostport(self.peer_advertised[i])}/{_hostport(self.client[i])}"
             for i in self.ids
         )
+        self.proxy_process: subprocess.Popen[bytes] | None = None
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
         self.paused: set[int] = set()
         self.starts = 0
@@ -160,14 +183,7 @@ class ChaosCluster:
             "--fsync" if self.fsync else "--no-fsync",
             *(["--join"] if join else []),
         ]
-        with self.log_path(node_id).open("ab") as log:
-            self.processes[node_id] = subprocess.Popen(  # noqa: S603 - our own argv
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.processes[node_id] = _spawn(argv, self.log_path(node_id))
         self.paused.discard(node_id)
         self.starts += 1
 
@@ -202,26 +218,69 @@ class ChaosCluster:
         return self._signal(node_id, signal.SIGCONT)
 
     def stop_all(self) -> None:
-        """Resume and kill every process group, then reap them (bounded)."""
+        """Resume and kill every process group (the proxy's too), then reap them (bounded)."""
         for node_id in self.processes:
             self._signal(node_id, signal.SIGCONT)
             self._signal(node_id, signal.SIGKILL)
+        processes = list(self.processes.values())
+        if self.proxy_process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proxy_process.pid, signal.SIGKILL)
+            processes.append(self.proxy_process)
         deadline = time.monotonic() + REAP_TIMEOUT_S
-        for process in self.processes.values():
+        for process in processes:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=max(0.01, deadline - time.monotonic()))
         self.processes.clear()
         self.paused.clear()
+        self.proxy_process = None
 
     async def __aenter__(self) -> ChaosCluster:
         self.root.mkdir(parents=True, exist_ok=True)
         try:
+            if self.proxied:
+                await self._start_proxy()
             for node_id in self.ids:
                 self.start(node_id)
         except BaseException:
             self.stop_all()
             raise
         return self
+
+    async def _start_proxy(self) -> None:
+        proxies = [
+            {
+                "name": f"peer-{i}",
+                "listen": _hostport(self.peer_advertised[i]),
+                "upstream": _hostport(self.peer[i]),
+                "enabled": True,
+            }
+            for i in self.ids
+        ]
+        config = self.root / "proxies.json"
+        config.write_bytes(msgspec.json.encode(proxies))
+        argv = [
+            *default_node_command(),
+            "chaos",
+            "proxy",
+            "serve",
+            "--listen",
+            _hostport(self.proxy_admin),
+            "--config",
+            str(config),
+            "--seed",
+            str(self.seed),
+        ]
+        self.proxy_process = _spawn(argv, self.root / "proxy.log")
+        deadline = time.monotonic() + PROXY_START_S_MAX
+        while time.monotonic() < deadline:
+            if self.proxy_process.poll() is not None:
+                raise ClusterStartError(f"the proxy exited: see {self.root / 'proxy.log'}")
+            status, _ = await _http_json(self.proxy_admin, "GET", "/proxies")
+            if status == 200:
+                return
+            await asyncio.sleep(_POLL_INTERVAL_S)
+        raise ClusterStartError(f"the proxy did not answer within {PROXY_START_S_MAX:g} s")
 
     async def __aexit__(
         self,
@@ -280,37 +339,86 @@ class ChaosCluster:
         (killed, paused or slow)."""
         if not self.alive(node_id) or node_id in self.paused:
             return None
-        host, port = self.http[node_id]
-        body = msgspec.json.encode(request)
-        head = (
-            f"POST /admin/faults HTTP/1.1\r\nHost: {host}:{port}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-            "Connection: close\r\n\r\n"
-        ).encode()
-        try:
-            async with asyncio.timeout(ADMIN_TIMEOUT_S):
-                reader, writer = await asyncio.open_connection(host, port)
-                try:
-                    writer.write(head + body)
-                    await writer.drain()
-                    data = b""
-                    while len(data) <= _RESPONSE_BYTES_MAX:
-                        chunk = await reader.read(_RESPONSE_BYTES_MAX)
-                        if not chunk:
-                            break
-                        data += chunk
-                finally:
-                    writer.close()
-                    with contextlib.suppress(OSError):
-                        await writer.wait_closed()
-        except (OSError, TimeoutError):
-            return None
-        status_line, _, rest = data.partition(b"\r\n")
-        _, _, payload = rest.partition(b"\r\n\r\n")
-        if b" 200 " not in status_line + b" ":
-            return None
-        try:
-            answer = msgspec.json.decode(payload)
-        except msgspec.DecodeError:
-            return None
-        return answer if isinstance(answer, dict) else None
+        status, answer = await _http_json(self.http[node_id], "POST", "/admin/faults", request)
+        return answer if status == 200 and isinstance(answer, dict) else None
+
+    async def add_toxic(self, node_id: int, toxic: dict[str, Any]) -> dict[str, Any]:
+        """Add ``toxic`` (Toxiproxy's form: type, stream, attributes, ...) to the proxy in
+        front of ``node_id``; ``ClusterFaultError`` when the proxy refuses or is absent."""
+        if not self.proxied:
+            raise ClusterFaultError("this cluster runs without proxies")
+        path = f"/proxies/peer-{node_id}/toxics"
+        status, answer = await _http_json(self.proxy_admin, "POST", path, toxic)
+        if status != 200 or not isinstance(answer, dict):
+            raise ClusterFaultError(f"proxy peer-{node_id}: {status} {answer}")
+        return answer
+
+    async def reset_proxies(self) -> bool:
+        """Remove every toxic and enable every proxy; False when the proxy did not answer
+        (True at once without proxies)."""
+        if not self.proxied:
+            return True
+        status, _ = await _http_json(self.proxy_admin, "POST", "/reset")
+        return status in {200, 204}
+
+
+class ClusterFaultError(PhalanxError):
+    """A fault could not be injected (the proxy refused it, or there is no proxy)."""
+
+
+def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """``argv`` as a child in its own process group (so a signal reaches it and nothing
+    else), its output appended to ``log_path``."""
+    with log_path.open("ab") as log:
+        return subprocess.Popen(  # noqa: S603 - our own argv
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _hostport(address: tuple[str, int]) -> str:
+    return f"{address[0]}:{address[1]}"
+
+
+async def _http_json(
+    address: tuple[str, int], method: str, path: str, request: Any = None
+) -> tuple[int, Any]:
+    """One HTTP/1.1 request with a JSON body (when ``request`` is not None) to a loopback
+    admin endpoint: ``(status, decoded JSON answer or None)``; ``(0, None)`` when nothing
+    came back within :data:`ADMIN_TIMEOUT_S`."""
+    host, port = address
+    body = b"" if request is None else msgspec.json.encode(request)
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+    try:
+        async with asyncio.timeout(ADMIN_TIMEOUT_S):
+            reader, writer = await asyncio.open_connection(host, port)
+            try:
+                writer.write(head + body)
+                await writer.drain()
+                data = b""
+                while len(data) <= _RESPONSE_BYTES_MAX:
+                    chunk = await reader.read(_RESPONSE_BYTES_MAX)
+                    if not chunk:
+                        break
+                    data += chunk
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+    except (OSError, TimeoutError):
+        return 0, None
+    status_line, _, rest = data.partition(b"\r\n")
+    _, _, payload = rest.partition(b"\r\n\r\n")
+    parts = status_line.split(b" ", 2)
+    status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+    try:
+        return status, msgspec.json.decode(payload) if payload else None
+    except msgspec.DecodeError:
+        return status, None

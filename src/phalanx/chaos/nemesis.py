@@ -34,7 +34,21 @@ fault (``kind``/shape)    what happens while the window is open
 ``membership``            a follower is removed from the cluster through the client and
                           stopped; at the close it is added back as a learner (its data
                           wiped, started with ``--join``) and promoted to voter
+``bandwidth``             every member's inbound Raft connections carry at most ``rate``
+                          KB/s (4 to 64)
+``reset``                 connections to one member are reset (TCP RST) ``timeout`` ms
+                          (0 to 1,000) after they open, again after each redial
+``slow-close``            every connection is closed after ``bytes`` (1 to 64 KiB) and
+                          its close is passed on ``delay`` ms (100 to 2,000) late
+``timeout``               connections to one member go silent: no byte passes, and they
+                          are closed after ``timeout`` ms (0: never; else 500 to 3,000)
 ========================  ===========================================================
+
+The last four act on real TCP connections through the proxies of a cluster started with
+``proxied`` (one :mod:`phalanx.chaos.proxy` process, a proxy in front of each member's peer
+port); the runner starts it so whenever one of them is asked for. Their names and
+attributes are Toxiproxy's (``bandwidth``, ``reset_peer``, ``limit_data`` + ``slow_close``,
+``timeout``).
 
 **The executor** (:class:`Nemesis`) runs a schedule against a cluster and records every
 fault into a history (:class:`~phalanx.chaos.history.Recorder`) as operations of process
@@ -66,6 +80,7 @@ __all__ = [
     "FAULT_KINDS",
     "NEMESIS_PROCESS",
     "PARTITION_SHAPES",
+    "PROXY_KINDS",
     "STROBE_PERIOD_MS",
     "WINDOWS_MAX",
     "FaultWindow",
@@ -77,7 +92,18 @@ __all__ = [
 
 #: The process number of nemesis operations in a history.
 NEMESIS_PROCESS: Final = -1
-FAULT_KINDS: Final = ("partition", "kill", "pause", "restart", "toxic", "clock", "membership")
+#: Faults applied through the peer proxies (a ``proxied`` cluster).
+PROXY_KINDS: Final = ("bandwidth", "reset", "slow-close", "timeout")
+FAULT_KINDS: Final = (
+    "partition",
+    "kill",
+    "pause",
+    "restart",
+    "toxic",
+    "clock",
+    "membership",
+    *PROXY_KINDS,
+)
 PARTITION_SHAPES: Final = ("one", "leader", "halves", "ring", "bridge")
 #: Most fault windows one schedule may hold.
 WINDOWS_MAX: Final = 10_000
@@ -128,6 +154,8 @@ class FaultWindow(msgspec.Struct, frozen=True, kw_only=True):
             return f"{self.kind} {self.target if self.target == 'leader' else self.node}"
         if self.kind == "clock" and self.strobe_period_ms:
             return "clock strobe"
+        if self.kind in PROXY_KINDS and self.node:
+            return f"{self.kind} {self.node}"
         return self.kind
 
 
@@ -231,9 +259,61 @@ def plan(
             window = msgspec.structs.replace(window, offsets=offsets, strobe_period_ms=period_ms)
         elif kind == "membership":
             window = msgspec.structs.replace(window, node=rng.choice(members))
+        elif kind in PROXY_KINDS:
+            window = _proxy_window(window, members, rng)
         windows.append(window)
         at_s += duration_s + rng.uniform(*quiet_s)
     return windows
+
+
+def _proxy_window(window: FaultWindow, members: list[int], rng: random.Random) -> FaultWindow:
+    """The toxic's attributes (and, for one-member kinds, the member) drawn in advance."""
+    node = 0
+    if window.kind == "bandwidth":
+        settings = {"rate": float(rng.randint(4, 64))}
+    elif window.kind == "reset":
+        node = rng.choice(members)
+        settings = {"timeout": float(rng.randint(0, 1_000))}
+    elif window.kind == "slow-close":
+        settings = {
+            "bytes": float(rng.randint(1, 64) * 1024),
+            "delay": float(rng.randint(100, 2_000)),
+        }
+    else:  # timeout
+        node = rng.choice(members)
+        settings = {"timeout": 0.0 if rng.random() < 0.5 else float(rng.randint(500, 3_000))}
+    return msgspec.structs.replace(window, node=node, toxic=settings)
+
+
+def proxy_toxics(window: FaultWindow) -> list[dict[str, Any]]:
+    """The Toxiproxy toxics that make up a proxy fault window."""
+    attributes = {k: int(v) for k, v in window.toxic.items()}
+    if window.kind == "bandwidth":
+        return [{"type": "bandwidth", "stream": "upstream", "attributes": attributes}]
+    if window.kind == "reset":
+        return [{"type": "reset_peer", "stream": "upstream", "attributes": attributes}]
+    if window.kind == "slow-close":
+        return [
+            {
+                "type": "limit_data",
+                "stream": "upstream",
+                "attributes": {"bytes": attributes["bytes"]},
+            },
+            {
+                "type": "slow_close",
+                "stream": "upstream",
+                "attributes": {"delay": attributes["delay"]},
+            },
+            {
+                "type": "slow_close",
+                "stream": "downstream",
+                "attributes": {"delay": attributes["delay"]},
+            },
+        ]
+    return [
+        {"type": "timeout", "stream": s, "attributes": attributes}
+        for s in ("upstream", "downstream")
+    ]
 
 
 # -- the executor ---------------------------------------------------------------------------
@@ -291,29 +371,43 @@ class Nemesis:
         return window.node
 
     async def _apply(self, window: FaultWindow) -> dict[str, Any]:
-        cluster = self.cluster
-        if window.kind == "partition":
-            return await self._partition(window)
         if window.kind in {"kill", "pause"}:
             node = await self._target(window)
             if window.kind == "kill":
-                cluster.kill(node)
+                self.cluster.kill(node)
             else:
-                cluster.pause(node)
+                self.cluster.pause(node)
             return {"node": node}
-        if window.kind == "restart":
-            return {"nodes": await self._rolling_restart(window.duration_s)}
-        if window.kind == "toxic":
-            toxics = {str(p): window.toxic for p in cluster.ids}
-            answered = await self._post_all(
-                {i: {"toxics": toxics, "seed": self._rng.randrange(1 << 31)} for i in cluster.ids}
-            )
-            return {"toxic": window.toxic, **answered}
-        if window.kind == "clock":
-            return await self._clock(window)
-        if window.kind == "membership":
-            return await self._remove_member()
-        raise _Skip(f"unknown fault {window.kind!r}")
+        if window.kind in PROXY_KINDS:
+            return await self._proxy(window)
+        appliers = {
+            "partition": self._partition,
+            "restart": self._restart,
+            "toxic": self._toxic,
+            "clock": self._clock,
+            "membership": self._remove_member,
+        }
+        apply = appliers.get(window.kind)
+        if apply is None:
+            raise _Skip(f"unknown fault {window.kind!r}")
+        return await apply(window)
+
+    async def _restart(self, window: FaultWindow) -> dict[str, Any]:
+        return {"nodes": await self._rolling_restart(window.duration_s)}
+
+    async def _toxic(self, window: FaultWindow) -> dict[str, Any]:
+        ids = self.cluster.ids
+        toxics = {str(p): window.toxic for p in ids}
+        answered = await self._post_all(
+            {i: {"toxics": toxics, "seed": self._rng.randrange(1 << 31)} for i in ids}
+        )
+        return {"toxic": window.toxic, **answered}
+
+    async def _proxy(self, window: FaultWindow) -> dict[str, Any]:
+        nodes = [window.node] if window.node else list(self.cluster.ids)
+        for toxic in proxy_toxics(window):
+            await asyncio.gather(*(self.cluster.add_toxic(i, toxic) for i in nodes))
+        return {"nodes": nodes, **window.toxic}
 
     async def _clock(self, window: FaultWindow) -> dict[str, Any]:
         offsets = {str(i): o for i, o in window.offsets.items()}
@@ -347,6 +441,10 @@ class Nemesis:
         if window.kind in {"partition", "toxic", "clock"}:
             # heal also resets the clock offset; no fault of another kind is open meanwhile.
             return await self._post_all({key: {"heal": True} for key in cluster.ids})
+        if window.kind in PROXY_KINDS:
+            if not await cluster.reset_proxies():
+                raise _Skip("the proxy did not answer its reset")
+            return {}
         if undo is None or "node" not in undo:
             return {}
         node = int(undo["node"])
@@ -388,7 +486,7 @@ class Nemesis:
             total_timeout_s=MEMBERSHIP_TIMEOUT_S,
         )
 
-    async def _remove_member(self) -> dict[str, Any]:
+    async def _remove_member(self, _window: FaultWindow) -> dict[str, Any]:
         leader = await self.cluster.leader()
         if leader is None:
             raise _Skip("no leader known")
@@ -408,7 +506,7 @@ class Nemesis:
 
     async def _add_member(self, node: int) -> dict[str, Any]:
         client = self._client()
-        peer = self.cluster.peer[node]
+        peer = self.cluster.peer_advertised[node]
         address = self.cluster.client[node]
         try:
             async with asyncio.timeout(MEMBERSHIP_TIMEOUT_S):
@@ -444,6 +542,8 @@ class Nemesis:
                 cluster.start(node)
                 started.append(node)
         answered = await self._post_all({key: {"heal": True} for key in cluster.ids})
+        if not await cluster.reset_proxies():
+            answered.setdefault("errors", []).append("the proxy did not answer its reset")
         removed = sorted(self._removed)
         for node in removed:
             try:

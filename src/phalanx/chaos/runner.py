@@ -39,7 +39,7 @@ import msgspec
 from phalanx.chaos.check import HistoryCheck, check_history, write_timeline
 from phalanx.chaos.cluster import ChaosCluster
 from phalanx.chaos.history import Operation, Recorder, write_jsonl
-from phalanx.chaos.nemesis import FaultWindow, Nemesis, plan
+from phalanx.chaos.nemesis import PROXY_KINDS, FaultWindow, Nemesis, plan
 from phalanx.chaos.verdict import Verdict
 from phalanx.chaos.workloads import Workload, workload_named
 from phalanx.client import AsyncClient
@@ -246,6 +246,8 @@ async def _drive(options: RunOptions, root: Path, workload: Workload) -> _Run:
         tick_ms=options.tick_ms,
         fsync=options.fsync,
         node_command=options.node_command,
+        proxied=any(kind in PROXY_KINDS for kind in options.nemesis),
+        seed=options.seed,
     )
     windows = plan(
         options.seed,

@@ -140,7 +140,19 @@ def check(
 # -- phalanx chaos run / campaign ------------------------------------------------------------
 
 _RUN_WORKLOADS = ("register", "kv", "set", "bank", "lock", "fencing")
-_NEMESES = ("partition", "kill", "pause", "restart", "toxic", "clock", "membership")
+_NEMESES = (
+    "partition",
+    "kill",
+    "pause",
+    "restart",
+    "toxic",
+    "clock",
+    "membership",
+    "bandwidth",
+    "reset",
+    "slow-close",
+    "timeout",
+)
 #: The nemesis sets a campaign cycles through.
 _CAMPAIGN_NEMESES = (
     "partition",
@@ -150,6 +162,7 @@ _CAMPAIGN_NEMESES = (
     "partition,pause,kill",
     "restart",
     "toxic",
+    "reset,timeout,bandwidth,slow-close",
 )
 #: Characters of a fault's description in the terminal summary.
 _FAULT_TEXT_CHARS_MAX = 80
