@@ -253,7 +253,8 @@ class Proxy:
         for link in self._links:
             link.poke()
 
-    def _toxic(self, name: str) -> ToxicSpec:
+    def toxic(self, name: str) -> ToxicSpec:
+        """The toxic called ``name``; :class:`ProxyNotFound` if there is none."""
         toxic = self._toxics.get(name)
         if toxic is None:
             raise ProxyNotFound(f"toxic {name!r} not found on proxy {self.name!r}")
@@ -272,13 +273,13 @@ class Proxy:
 
     def update_toxic(self, name: str, update: ToxicUpdate) -> ToxicSpec:
         """Change a toxic's attributes or toxicity, keeping its place in the order."""
-        toxic = update_toxic(self._toxic(name), update)
+        toxic = update_toxic(self.toxic(name), update)
         self._toxics[name] = toxic
         self._changed()
         return toxic
 
     def remove_toxic(self, name: str) -> None:
-        self._toxic(name)
+        self.toxic(name)
         del self._toxics[name]
         self._changed()
 
