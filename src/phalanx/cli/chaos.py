@@ -26,6 +26,7 @@ from phalanx.chaos.history import HistoryError
 from phalanx.chaos.loaders import FORMATS, Format, load_history
 from phalanx.chaos.partition import TIMEOUT_S_DEFAULT, WORKERS_MAX_DEFAULT
 from phalanx.chaos.verdict import Verdict, combine
+from phalanx.cli.chaos_proxy import proxy
 
 __all__ = ["EXIT_INVALID", "EXIT_UNKNOWN", "EXIT_VALID", "chaos"]
 
@@ -450,3 +451,6 @@ def campaign(
         console = Console(width=_PIPE_WIDTH)
     console.print(table)
     raise SystemExit(_exit_code(combine(verdicts)))
+
+
+chaos.add_command(proxy)
