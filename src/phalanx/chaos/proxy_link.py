@@ -68,8 +68,10 @@ class ProxyStatistics(msgspec.Struct, kw_only=True):
 
     ``connections_refused`` are client connections closed at once because the proxy had
     ``CONNECTIONS_PER_PROXY_MAX`` open; ``upstream_failures`` are client connections closed
-    because the upstream could not be reached. ``bytes_upstream`` / ``bytes_downstream`` are
-    the bytes passed on (after the toxics) in each direction.
+    because the upstream could not be reached; ``connections_cut`` ended by a toxic (or a
+    reset), ``connections_reset`` of them with a reset. Per direction, ``bytes_in_*`` counts
+    the bytes taken from the sender into the toxics and ``bytes_out_*`` the bytes passed on
+    to the receiver (fewer when toxics swallow or cut).
     """
 
     connections_accepted: int = 0
@@ -78,8 +80,10 @@ class ProxyStatistics(msgspec.Struct, kw_only=True):
     upstream_failures: int = 0
     connections_cut: int = 0
     connections_reset: int = 0
-    bytes_upstream: int = 0
-    bytes_downstream: int = 0
+    bytes_in_upstream: int = 0
+    bytes_out_upstream: int = 0
+    bytes_in_downstream: int = 0
+    bytes_out_downstream: int = 0
 
 
 class ToxicSource(Protocol):
@@ -256,6 +260,10 @@ class Pipe:
         if self._reading_paused and self.buffered_bytes <= BUFFERED_BYTES_MAX // 2:
             self._reading_paused = False
             self.source.resume_reading()
+        if self.stream == "upstream":
+            self._statistics.bytes_in_upstream += len(chunk.data)
+        else:
+            self._statistics.bytes_in_downstream += len(chunk.data)
         chain = self.chain
         if chain:
             await self._through(chain, 0, chunk)
@@ -274,9 +282,9 @@ class Pipe:
             return
         transport.write(chunk.data)
         if self.stream == "upstream":
-            self._statistics.bytes_upstream += len(chunk.data)
+            self._statistics.bytes_out_upstream += len(chunk.data)
         else:
-            self._statistics.bytes_downstream += len(chunk.data)
+            self._statistics.bytes_out_downstream += len(chunk.data)
         await self.dest.drain()
 
     async def _pass_close(self) -> None:
