@@ -18,6 +18,14 @@ member's peer port: the cluster's member list gives the proxies' addresses, so e
 connection to a member passes through its proxy, and byte-stream toxics (bandwidth, resets,
 slow closes, black holes) act on real TCP connections. :meth:`~ChaosCluster.add_toxic` and
 :meth:`~ChaosCluster.reset_proxies` drive the proxy's HTTP API.
+
+With ``netns`` (root only), every member runs in its own Linux network namespace of a
+:class:`~phalanx.chaos.netns.NetnsNetwork`, its peer and client ports on its namespace's
+address (the runner reaches them through the network's bridge), and
+:meth:`~ChaosCluster.isolate`/:meth:`~ChaosCluster.heal` cut and restore links with
+iptables rules in the namespaces instead of the admin endpoint, which stays loopback-only
+inside each namespace, out of reach: :meth:`~ChaosCluster.faults` then answers None. The
+network is built on ``async with`` and removed on the way out, after the processes.
 """
 
 from __future__ import annotations
@@ -30,13 +38,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
 import msgspec
 
+from phalanx.chaos.netns import NetnsError, NetnsNetwork
 from phalanx.client import AsyncClient
 from phalanx.errors import PhalanxError
 from phalanx.node.client_protocol import NodeStatus
@@ -99,9 +108,12 @@ class ChaosCluster:
         cluster_id: str = "chaos",
         proxied: bool = False,
         seed: int = 0,
+        netns: bool = False,
     ) -> None:
         if not 1 <= nodes <= NODES_MAX:
             raise ValueError(f"nodes: 1..{NODES_MAX}, got {nodes}")
+        if netns and proxied:
+            raise ValueError("the peer proxies do not run on network namespaces")
         self.root = root
         self.ids = tuple(range(1, nodes + 1))
         self.tick_ms = tick_ms
@@ -110,9 +122,12 @@ class ChaosCluster:
         self.node_command = list(node_command or default_node_command())
         self.proxied = proxied
         self.seed = seed
+        #: The members' namespaces (``netns``), or None: all of them on loopback.
+        self.network = NetnsNetwork(self.ids) if netns else None
+        hosts = {i: self.network.address(i) if self.network else HOST for i in self.ids}
         ports = _free_ports(4 * nodes + 1)
-        self.peer = {i: (HOST, ports[4 * k]) for k, i in enumerate(self.ids)}
-        self.client = {i: (HOST, ports[4 * k + 1]) for k, i in enumerate(self.ids)}
+        self.peer = {i: (hosts[i], ports[4 * k]) for k, i in enumerate(self.ids)}
+        self.client = {i: (hosts[i], ports[4 * k + 1]) for k, i in enumerate(self.ids)}
         self.http = {i: (HOST, ports[4 * k + 2]) for k, i in enumerate(self.ids)}
         #: Where the other members reach each member's peer port: its proxy, or the port.
         self.peer_advertised = (
@@ -183,6 +198,8 @@ class ChaosCluster:
             "--fsync" if self.fsync else "--no-fsync",
             *(["--join"] if join else []),
         ]
+        if self.network is not None:
+            argv = self.network.wrap(node_id, argv)
         self.processes[node_id] = _spawn(argv, self.log_path(node_id))
         self.paused.discard(node_id)
         self.starts += 1
@@ -237,13 +254,20 @@ class ChaosCluster:
 
     async def __aenter__(self) -> ChaosCluster:
         self.root.mkdir(parents=True, exist_ok=True)
+        if self.network is not None:
+            try:
+                self.network.setup()
+            except NetnsError as exc:
+                raise ClusterStartError(f"the network namespaces: {exc}") from exc
         try:
             if self.proxied:
                 await self._start_proxy()
             for node_id in self.ids:
                 self.start(node_id)
-        except BaseException:
+        except BaseException as exc:
             self.stop_all()
+            if self.network is not None:
+                self.network.__exit__(type(exc), exc, exc.__traceback__)
             raise
         return self
 
@@ -289,6 +313,8 @@ class ChaosCluster:
         tb: TracebackType | None,
     ) -> None:
         self.stop_all()
+        if self.network is not None:
+            self.network.__exit__(exc_type, exc, tb)
 
     # -- status and faults --------------------------------------------------------------------
 
@@ -336,11 +362,32 @@ class ChaosCluster:
 
     async def faults(self, node_id: int, request: dict[str, Any]) -> dict[str, Any] | None:
         """``POST /admin/faults`` to ``node_id``; its answer, or None when it did not answer
-        (killed, paused or slow)."""
-        if not self.alive(node_id) or node_id in self.paused:
+        (killed, paused or slow; always with ``netns``: out of reach)."""
+        if self.network is not None or not self.alive(node_id) or node_id in self.paused:
             return None
         status, answer = await _http_json(self.http[node_id], "POST", "/admin/faults", request)
         return answer if status == 200 and isinstance(answer, dict) else None
+
+    async def isolate(self, cuts: Mapping[int, Sequence[int]]) -> list[int]:
+        """Cut each member of ``cuts`` from its peers there (a grudge), in both directions;
+        the members that did not answer (none with ``netns``: the rules are in the
+        namespaces, which outlive the processes)."""
+        if self.network is not None:
+            await asyncio.to_thread(self.network.partition, cuts)
+            return []
+        return await self._post_all({i: {"isolate": list(c)} for i, c in cuts.items() if c})
+
+    async def heal(self) -> list[int]:
+        """Restore every link (without ``netns`` also every toxic and clock offset: the
+        admin endpoint's ``heal``); the members that did not answer."""
+        if self.network is not None:
+            await asyncio.to_thread(self.network.heal)
+            return []
+        return await self._post_all({i: {"heal": True} for i in self.ids})
+
+    async def _post_all(self, requests: Mapping[int, dict[str, Any]]) -> list[int]:
+        answers = await asyncio.gather(*(self.faults(i, r) for i, r in requests.items()))
+        return sorted(i for i, a in zip(requests, answers, strict=True) if a is None)
 
     async def add_toxic(self, node_id: int, toxic: dict[str, Any]) -> dict[str, Any]:
         """Add ``toxic`` (Toxiproxy's form: type, stream, attributes, ...) to the proxy in

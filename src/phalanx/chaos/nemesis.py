@@ -57,6 +57,9 @@ the grudge of a partition) and ``stop-<kind>`` when it closes, and ``heal`` for 
 heal. A fault that could not be applied (no leader known, a membership change refused) ends
 ``fail`` with the reason, and the run goes on; nodes that did not answer the admin endpoint
 (killed, paused, still starting) are listed as ``unreachable`` in the output.
+Partitions and heals go through the cluster (:meth:`~phalanx.chaos.cluster.ChaosCluster.isolate`,
+:meth:`~phalanx.chaos.cluster.ChaosCluster.heal`): the admin endpoints, or iptables rules
+on a cluster running on network namespaces (:mod:`phalanx.chaos.netns`).
 """
 
 from __future__ import annotations
@@ -433,14 +436,14 @@ class Nemesis:
                 raise _Skip("no leader known")
             groups = [[leader], [i for i in cluster.ids if i != leader]]
         cuts = grudge(groups, cluster.ids, views=window.shape == "ring" and len(groups) > 2)
-        answered = await self._post_all({i: {"isolate": c} for i, c in cuts.items() if c})
+        answered = _unreachable(await cluster.isolate(cuts))
         return {"groups": groups, "cut": {str(i): c for i, c in cuts.items()}, **answered}
 
     async def _revert(self, window: FaultWindow, undo: dict[str, Any] | None) -> dict[str, Any]:
         cluster = self.cluster
         if window.kind in {"partition", "toxic", "clock"}:
             # heal also resets the clock offset; no fault of another kind is open meanwhile.
-            return await self._post_all({key: {"heal": True} for key in cluster.ids})
+            return _unreachable(await cluster.heal())
         if window.kind in PROXY_KINDS:
             if not await cluster.reset_proxies():
                 raise _Skip("the proxy did not answer its reset")
@@ -541,7 +544,7 @@ class Nemesis:
             if not cluster.alive(node):
                 cluster.start(node)
                 started.append(node)
-        answered = await self._post_all({key: {"heal": True} for key in cluster.ids})
+        answered = _unreachable(await cluster.heal())
         if not await cluster.reset_proxies():
             answered.setdefault("errors", []).append("the proxy did not answer its reset")
         removed = sorted(self._removed)
@@ -553,6 +556,10 @@ class Nemesis:
         self.recorder.ok(
             handle, {"resumed": resumed, "started": started, "readded": removed, **answered}
         )
+
+
+def _unreachable(missed: list[int]) -> dict[str, Any]:
+    return {"unreachable": missed} if missed else {}
 
 
 class _Skip(Exception):
