@@ -40,6 +40,7 @@ from phalanx.chaos.check import HistoryCheck, check_history, write_timeline
 from phalanx.chaos.cluster import ChaosCluster
 from phalanx.chaos.history import Operation, Recorder, write_jsonl
 from phalanx.chaos.nemesis import PROXY_KINDS, FaultWindow, Nemesis, plan
+from phalanx.chaos.netns import refused_faults
 from phalanx.chaos.verdict import Verdict
 from phalanx.chaos.workloads import Workload, workload_named
 from phalanx.client import AsyncClient
@@ -86,12 +87,21 @@ class RunOptions(msgspec.Struct, kw_only=True):
     check_timeout_s: float = 60.0
     client_retries: bool = False
     node_command: list[str] | None = None
+    #: Each node in its own network namespace, partitions as iptables rules (root only).
+    netns: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.concurrency <= CONCURRENCY_MAX:
             raise ValueError(f"concurrency: 1..{CONCURRENCY_MAX}, got {self.concurrency}")
         if self.time_limit_s <= 0 or self.rate_hz <= 0:
             raise ValueError("time_limit_s and rate_hz must be > 0")
+        refused = refused_faults(self.nemesis) if self.netns else []
+        if refused:
+            raise ValueError(
+                f"--netns cannot apply {', '.join(refused)} (they need the nodes' loopback "
+                "admin endpoint or the peer proxies); use partition, kill, pause, restart, "
+                "membership"
+            )
 
     def command(self, out: Path) -> str:
         """The ``phalanx chaos run`` command line of these options."""
@@ -121,6 +131,7 @@ class RunOptions(msgspec.Struct, kw_only=True):
             ),
             *(["--tick-ms", str(self.tick_ms)] if self.tick_ms != _DEFAULTS.tick_ms else []),
             *([] if self.fsync else ["--no-fsync"]),
+            *(["--netns"] if self.netns else []),
             "--out",
             str(out),
         ]
@@ -248,6 +259,7 @@ async def _drive(options: RunOptions, root: Path, workload: Workload) -> _Run:
         node_command=options.node_command,
         proxied=any(kind in PROXY_KINDS for kind in options.nemesis),
         seed=options.seed,
+        netns=options.netns,
     )
     windows = plan(
         options.seed,
