@@ -181,6 +181,26 @@ def _nemesis_list(_ctx: click.Context, _param: click.Parameter, value: str) -> l
     return kinds
 
 
+def _check_netns(netns: bool, nemesis_sets: list[list[str]]) -> None:
+    """Refuse ``--netns`` up front when this machine cannot do it or a fault needs what
+    the namespaces hide (the nodes' loopback admin endpoint, the peer proxies)."""
+    if not netns:
+        return
+    from phalanx.chaos.netns import NetnsUnavailable, check_environment, refused_faults
+
+    try:
+        check_environment()
+    except NetnsUnavailable as exc:
+        raise click.UsageError(str(exc)) from None
+    refused = refused_faults(k for kinds in nemesis_sets for k in kinds)
+    if refused:
+        raise click.UsageError(
+            f"--netns cannot apply {', '.join(refused)}: they need the nodes' admin endpoint "
+            "(loopback-only, inside each namespace) or the peer proxies; choose from "
+            "partition, kill, pause, restart, membership"
+        )
+
+
 def _exit_code(verdict: Verdict) -> int:
     return {Verdict.VALID: EXIT_VALID, Verdict.INVALID: EXIT_INVALID}.get(verdict, EXIT_UNKNOWN)
 
@@ -244,6 +264,12 @@ def _run_common(function: Callable[..., None]) -> Callable[..., None]:
             is_flag=True,
             help="Let the client retry each call itself (default: one attempt per operation).",
         ),
+        click.option(
+            "--netns",
+            is_flag=True,
+            help="Root only: each node in its own network namespace, partitions as iptables "
+            "DROP rules (no toxic, clock or proxy faults). See docs/chaos-netns.md.",
+        ),
     ]
     for option in reversed(options):
         function = option(function)
@@ -286,6 +312,7 @@ def run(
     from phalanx.chaos.cluster import ClusterStartError
     from phalanx.chaos.runner import RunOptions, run_chaos
 
+    _check_netns(settings["netns"], [nemesis])
     target = out if out is not None else Path("chaos-out") / f"{workload}-{seed}"
     options = RunOptions(workload=workload, nemesis=nemesis, seed=seed, **settings)
     click.echo(f"chaos run: {options.command(target)}")
@@ -386,6 +413,7 @@ def campaign(
         _nemesis_list(click.get_current_context(), click.Option(["--x"]), n)
         for n in nemeses.split(";")
     ]
+    _check_netns(settings["netns"], sets)
     table = Table(title=f"chaos campaign: {runs} runs")
     for column in (
         "run",
