@@ -30,7 +30,7 @@ import random
 import socket
 import struct
 from collections import deque
-from typing import Final, Protocol
+from typing import Final, Protocol, cast
 
 import msgspec
 
@@ -123,8 +123,9 @@ class Side(asyncio.Protocol):
         self._drained: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)  # noqa: S101 - asyncio's contract for TCP
-        self.transport = transport
+        # A stream transport by the contract of create_server / create_connection (uvloop's
+        # does not subclass asyncio.Transport, so no isinstance check).
+        self.transport = cast("asyncio.Transport", transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):

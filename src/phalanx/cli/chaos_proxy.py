@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import click
 import msgspec
@@ -127,6 +127,16 @@ async def _serve(
             loop.remove_signal_handler(signum)
 
 
+def _run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` on uvloop when it is installed (faster sockets), else on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
 @proxy.command("serve")
 @click.option(
     "--listen",
@@ -164,7 +174,7 @@ def serve(listen: str, config_path: Path | None, seed: int, allow_remote: bool) 
     except (msgspec.DecodeError, OSError) as error:
         raise click.ClickException(f"--config {config_path}: {error}") from error
     try:
-        asyncio.run(_serve(address, configs, seed, allow_remote))
+        _run_loop(_serve(address, configs, seed, allow_remote))
     except PhalanxError as error:
         raise click.ClickException(str(error)) from error
 
