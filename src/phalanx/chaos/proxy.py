@@ -392,7 +392,9 @@ class ProxyServer:
 
         Everything is validated before anything changes. A proxy whose ``listen`` and
         ``upstream`` are unchanged keeps running (and its connections); otherwise it is
-        replaced. ``enabled`` is applied, and ``toxics`` when given.
+        replaced. ``enabled`` is applied, and ``toxics`` when given. A listen address that
+        cannot be bound (:class:`Conflict`) stops the list there: the proxies before it are
+        in place, that one and those after it are not.
         """
         checked = [_check_config(config) for config in configs]
         names = [c.name for c in checked]
