@@ -357,3 +357,20 @@ async def test_toxics_of_a_stream_keep_the_order_they_were_added(proxies: ProxyS
     names = [t.name for t in proxy.toxics("downstream")]
     assert names == ["slicer_downstream", "latency_downstream", "bandwidth_downstream"]
     assert [t.name for t in proxy.toxics("upstream")] == ["latency_upstream"]
+
+
+async def test_an_upstream_reset_reaches_the_client(proxies: ProxyServer) -> None:
+    async def reset_at_once(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        reset_transport(writer.transport)
+
+    server = await asyncio.start_server(reset_at_once, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        proxy = await make(proxies, f"127.0.0.1:{port}")
+        async with connect(proxy.listen) as (reader, _writer):
+            with pytest.raises(ConnectionResetError):
+                await read_to_eof(reader)
+        await wait_for(lambda: proxy.statistics().connections_reset == 1, "counted")
+    finally:
+        server.close()
+        await server.wait_closed()
