@@ -21,8 +21,14 @@ module                 what it owns
 ``nemesis``            fault schedules from a seed and the faults themselves (processes, links,
                        toxics, clocks, membership)
 ``workloads``          register, kv, set, bank and lock workloads that record histories
+``netns``              network namespaces and iptables partitions for ``--netns`` runs (root)
+``toxics``             Toxiproxy's byte-stream toxics: specs, validation, what each does
+``proxy_link``         one proxied TCP connection: two pipes through the toxics, half-closes
+``proxy``              the userspace fault proxy: proxies, listeners, limits
+``proxy_api``          the proxy's Toxiproxy-compatible HTTP API and its client ``ProxyAdmin``
 ``runner``             ``phalanx chaos run``: cluster, workload, nemesis, heal, check, report
-``report``             the run's HTML report: verdict, faults and latency over time
+``plots``              the report's matplotlib plots: faults, latency, quantiles, throughput
+``report``             the run's HTML report: verdict, plots, logs, the command to reproduce
 =====================  ==========================================================================
 
 See ``docs/chaos.md``.
