@@ -53,16 +53,19 @@ def run_txn_act(console: Console) -> bool:
     return run_demo(echo=console.print)
 
 
-def run_chaos_act(console: Console, *, seed: int = 1) -> bool:
-    """A real 3-node cluster under partitions and kills; the history must be linearizable."""
+def run_chaos_act(console: Console, *, seed: int = 13) -> bool:
+    """A real 3-node cluster under partitions, kills and connection resets (through the fault
+    proxy); the history must be linearizable."""
     from phalanx.chaos.runner import RunOptions, run_chaos
     from phalanx.chaos.verdict import Verdict
 
-    console.rule("[bold]Chaos: partitions and SIGKILL on a real cluster, history checked")
+    console.rule(
+        "[bold]Chaos: partitions, SIGKILL and TCP resets on a real cluster, history checked"
+    )
     options = RunOptions(
         nodes=3,
         workload="register",
-        nemesis=["partition", "kill"],
+        nemesis=["partition", "kill", "reset"],
         time_limit_s=CHAOS_TIME_LIMIT_S,
         seed=seed,
         recovery_s=2.0,
@@ -75,7 +78,7 @@ def run_chaos_act(console: Console, *, seed: int = 1) -> bool:
     table.add_column("fault")
     table.add_column("for s", justify="right")
     for fault in result.faults:
-        what = f"{fault.kind} {fault.shape}".strip()
+        what = fault.describe()
         table.add_row(f"{fault.start_s:.1f}", what, f"{fault.duration_s:.1f}")
     console.print(table)
     counts = result.counts
