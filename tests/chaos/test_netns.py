@@ -224,6 +224,16 @@ def test_the_network_is_named_after_its_owner_and_removed_on_exit() -> None:
     assert ip.namespaces == set()
 
 
+def test_two_networks_of_one_process_get_different_names() -> None:
+    ip = FakeIp()
+    with NetnsNetwork([1], runner=ip) as first, NetnsNetwork([1], runner=ip) as second:
+        assert first.base != second.base
+        assert first.subnet != second.subnet
+        assert len(ip.namespaces) == 2
+    assert ip.namespaces == set()
+    assert NetnsNetwork([1], runner=ip).base == first.base  # the letter is free again
+
+
 def test_a_failed_setup_removes_what_it_made_and_says_why() -> None:
     ip = FakeIp(fail_on="netns add phx")
     network = NetnsNetwork([1, 2], runner=ip)

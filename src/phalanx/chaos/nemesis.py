@@ -544,7 +544,10 @@ class Nemesis:
             if not cluster.alive(node):
                 cluster.start(node)
                 started.append(node)
-        answered = _unreachable(await cluster.heal())
+        try:
+            answered = _unreachable(await cluster.heal())
+        except PhalanxError as exc:  # e.g. an iptables command failed (netns)
+            answered = {"errors": [f"heal: {exc}"]}
         if not await cluster.reset_proxies():
             answered.setdefault("errors", []).append("the proxy did not answer its reset")
         removed = sorted(self._removed)

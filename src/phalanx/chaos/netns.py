@@ -45,6 +45,7 @@ import re
 import shutil
 import subprocess
 import sys
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import ClassVar, Final
@@ -228,9 +229,14 @@ class NetnsNetwork:
             raise NetnsError(f"more than {NETWORKS_PER_PROCESS_MAX} networks in one process")
         self._letter = letter
         self._letters_in_use.add(letter)
+        # A network dropped without ever being built gives its letter back too.
+        weakref.finalize(self, self._letters_in_use.discard, letter)
         self.base = f"{PREFIX}{self.pid}{letter}"
         self.bridge = f"{self.base}br"
-        self.subnet = plan_subnet(self.pid, self._taken() if runner is None else ())
+        # Apart per letter too: two networks of one process may be planned before either
+        # exists (and so before its route shows).
+        spread = (ord(letter) - ord("a")) * (SUBNETS_MAX // NETWORKS_PER_PROCESS_MAX)
+        self.subnet = plan_subnet(self.pid + spread, self._taken() if runner is None else ())
         self.bridge_address = str(self.subnet.network_address + 1)
         self.namespaces = {i: f"{self.base}-n{i}" for i in self.ids}
         self.addresses = {i: node_address(self.subnet, i) for i in self.ids}
