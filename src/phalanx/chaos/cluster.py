@@ -95,7 +95,8 @@ def _free_ports(count: int) -> list[int]:
 
 
 class ChaosCluster:
-    """``nodes`` members (ids 1..nodes) under ``root``; see the module docstring."""
+    """``nodes`` members (ids 1..nodes) under ``root``, and ``spares`` slots (the next ids)
+    for members added in the place of removed ones; see the module docstring."""
 
     def __init__(
         self,
@@ -109,13 +110,19 @@ class ChaosCluster:
         proxied: bool = False,
         seed: int = 0,
         netns: bool = False,
+        spares: int = 0,
     ) -> None:
-        if not 1 <= nodes <= NODES_MAX:
-            raise ValueError(f"nodes: 1..{NODES_MAX}, got {nodes}")
+        if not 1 <= nodes <= NODES_MAX or not 0 <= spares <= NODES_MAX - nodes:
+            raise ValueError(f"nodes + spares: 1..{NODES_MAX}, got {nodes} + {spares}")
         if netns and proxied:
             raise ValueError("the peer proxies do not run on network namespaces")
         self.root = root
+        #: The current members (changed by :meth:`replace_member`).
         self.ids = tuple(range(1, nodes + 1))
+        #: Every member slot: the first members, then ``spares`` ids with addresses (and
+        #: proxies, namespaces) ready for members that replace others during the run.
+        self.slots = tuple(range(1, nodes + spares + 1))
+        self.spares = list(self.slots[nodes:])
         self.tick_ms = tick_ms
         self.fsync = fsync
         self.cluster_id = cluster_id
@@ -123,29 +130,45 @@ class ChaosCluster:
         self.proxied = proxied
         self.seed = seed
         #: The members' namespaces (``netns``), or None: all of them on loopback.
-        self.network = NetnsNetwork(self.ids) if netns else None
-        hosts = {i: self.network.address(i) if self.network else HOST for i in self.ids}
-        ports = _free_ports(4 * nodes + 1)
-        self.peer = {i: (hosts[i], ports[4 * k]) for k, i in enumerate(self.ids)}
-        self.client = {i: (hosts[i], ports[4 * k + 1]) for k, i in enumerate(self.ids)}
-        self.http = {i: (HOST, ports[4 * k + 2]) for k, i in enumerate(self.ids)}
+        self.network = NetnsNetwork(self.slots) if netns else None
+        hosts = {i: self.network.address(i) if self.network else HOST for i in self.slots}
+        ports = _free_ports(4 * len(self.slots) + 1)
+        self.peer = {i: (hosts[i], ports[4 * k]) for k, i in enumerate(self.slots)}
+        self.client = {i: (hosts[i], ports[4 * k + 1]) for k, i in enumerate(self.slots)}
+        self.http = {i: (HOST, ports[4 * k + 2]) for k, i in enumerate(self.slots)}
         #: Where the other members reach each member's peer port: its proxy, or the port.
         self.peer_advertised = (
-            {i: (HOST, ports[4 * k + 3]) for k, i in enumerate(self.ids)}
+            {i: (HOST, ports[4 * k + 3]) for k, i in enumerate(self.slots)}
             if proxied
             else dict(self.peer)
         )
         self.proxy_admin = (HOST, ports[-1])
-        self.spec = ",".join(
-            f"{i}={_hostport(self.peer_advertised[i])}/{_hostport(self.client[i])}"
-            for i in self.ids
-        )
         self.proxy_process: subprocess.Popen[bytes] | None = None
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
         self.paused: set[int] = set()
         self.starts = 0
 
     # -- addresses ----------------------------------------------------------------------------
+
+    @property
+    def spec(self) -> str:
+        """The current members as ``phalanx node --cluster`` takes them."""
+        return self.spec_of(self.ids)
+
+    def spec_of(self, ids: Sequence[int]) -> str:
+        return ",".join(
+            f"{i}={_hostport(self.peer_advertised[i])}/{_hostport(self.client[i])}" for i in ids
+        )
+
+    def take_spare(self) -> int:
+        """A slot for a new member; ``ClusterFaultError`` when none is left."""
+        if not self.spares:
+            raise ClusterFaultError("no spare member slot left")
+        return self.spares.pop(0)
+
+    def replace_member(self, old: int, new: int) -> None:
+        """Record that ``new`` has taken ``old``'s place among the members."""
+        self.ids = tuple(sorted((set(self.ids) - {old}) | {new}))
 
     def endpoints(self, first: int | None = None) -> list[str]:
         """Every member's client address, starting with ``first``'s (then in ring order)."""
@@ -190,7 +213,7 @@ class ChaosCluster:
             f"{hhost}:{hport}",
             "--admin",
             "--cluster",
-            self.spec,
+            self.spec_of(sorted({*self.ids, node_id})),
             "--cluster-id",
             self.cluster_id,
             "--tick-ms",
@@ -279,7 +302,7 @@ class ChaosCluster:
                 "upstream": _hostport(self.peer[i]),
                 "enabled": True,
             }
-            for i in self.ids
+            for i in self.slots
         ]
         config = self.root / "proxies.json"
         config.write_bytes(msgspec.json.encode(proxies))

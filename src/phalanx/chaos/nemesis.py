@@ -32,8 +32,12 @@ fault (``kind``/shape)    what happens while the window is open
                           windows) *strobed*: each node's clock jumps by its own offset
                           and back every ``period`` of 10 to 250 ms. Reset at the close
 ``membership``            a follower is removed from the cluster through the client and
-                          stopped; at the close it is added back as a learner (its data
-                          wiped, started with ``--join``) and promoted to voter
+                          stopped; at the close (``rejoin``) it is added back as a learner
+                          (its data wiped, started with ``--join``) and promoted to voter,
+                          or (``replace``) a new member with a new id, from the cluster's
+                          spare slots, is added and promoted in its place, the removed one
+                          gone for good. Later windows that name the replaced member act
+                          on its replacement
 ``bandwidth``             every member's inbound Raft connections carry at most ``rate``
                           KB/s (4 to 64)
 ``reset``                 connections to one member are reset (TCP RST) ``timeout`` ms
@@ -157,6 +161,8 @@ class FaultWindow(msgspec.Struct, frozen=True, kw_only=True):
             return f"{self.kind} {self.target if self.target == 'leader' else self.node}"
         if self.kind == "clock" and self.strobe_period_ms:
             return "clock strobe"
+        if self.kind == "membership" and self.shape:
+            return f"membership {self.shape}"
         if self.kind in PROXY_KINDS and self.node:
             return f"{self.kind} {self.node}"
         return self.kind
@@ -261,7 +267,8 @@ def plan(
             period_ms = rng.randint(*STROBE_PERIOD_MS) if rng.random() < 0.5 else 0
             window = msgspec.structs.replace(window, offsets=offsets, strobe_period_ms=period_ms)
         elif kind == "membership":
-            window = msgspec.structs.replace(window, node=rng.choice(members))
+            shape = "replace" if rng.random() < 0.5 else "rejoin"
+            window = msgspec.structs.replace(window, node=rng.choice(members), shape=shape)
         elif kind in PROXY_KINDS:
             window = _proxy_window(window, members, rng)
         windows.append(window)
@@ -330,6 +337,8 @@ class Nemesis:
         self.recorder = recorder
         self._rng = random.Random(seed)
         self._removed: set[int] = set()
+        #: Members replaced during the run, and by whom.
+        self._replaced: dict[int, int] = {}
         self.applied = 0
         self.failed = 0
 
@@ -371,7 +380,15 @@ class Nemesis:
             if leader is None:
                 raise _Skip("no leader known")
             return leader
-        return window.node
+        return self._now(window.node)
+
+    def _now(self, node: int) -> int:
+        """The member in ``node``'s place now: itself, or whoever replaced it (in a chain)."""
+        for _ in range(len(self._replaced) + 1):
+            if node not in self._replaced:
+                break
+            node = self._replaced[node]
+        return node
 
     async def _apply(self, window: FaultWindow) -> dict[str, Any]:
         if window.kind in {"kill", "pause"}:
@@ -407,29 +424,28 @@ class Nemesis:
         return {"toxic": window.toxic, **answered}
 
     async def _proxy(self, window: FaultWindow) -> dict[str, Any]:
-        nodes = [window.node] if window.node else list(self.cluster.ids)
+        nodes = [self._now(window.node)] if window.node else list(self.cluster.ids)
         for toxic in proxy_toxics(window):
             await asyncio.gather(*(self.cluster.add_toxic(i, toxic) for i in nodes))
         return {"nodes": nodes, **window.toxic}
 
     async def _clock(self, window: FaultWindow) -> dict[str, Any]:
-        offsets = {str(i): o for i, o in window.offsets.items()}
+        now = {self._now(i): o for i, o in window.offsets.items()}
+        offsets = {str(i): o for i, o in now.items()}
         if not window.strobe_period_ms:
-            answered = await self._post_all(
-                {i: {"clock_offset_ms": off} for i, off in window.offsets.items()}
-            )
+            answered = await self._post_all({i: {"clock_offset_ms": off} for i, off in now.items()})
             return {"offsets_ms": offsets, **answered}
         duration_ms = round(window.duration_s * 1000)
         strobes = {
             i: {"delta_ms": off, "period_ms": window.strobe_period_ms, "duration_ms": duration_ms}
-            for i, off in window.offsets.items()
+            for i, off in now.items()
         }
         answered = await self._post_all({i: {"clock_strobe": s} for i, s in strobes.items()})
         return {"strobe_ms": offsets, "period_ms": window.strobe_period_ms, **answered}
 
     async def _partition(self, window: FaultWindow) -> dict[str, Any]:
         cluster = self.cluster
-        groups = window.groups
+        groups = [[self._now(i) for i in group] for group in window.groups]
         if window.shape == "leader" or not groups:
             leader = await cluster.leader()
             if leader is None:
@@ -456,6 +472,8 @@ class Nemesis:
         elif window.kind == "pause":
             cluster.resume(node)
         elif window.kind == "membership":
+            if window.shape == "replace":
+                return await self._replace_member(node)
             return await self._add_member(node)
         return {"node": node}
 
@@ -528,6 +546,19 @@ class Nemesis:
         finally:
             await client.aclose()
         return {"node": node}
+
+    async def _replace_member(self, old: int) -> dict[str, Any]:
+        """Add a new member from a spare slot in the place of ``old`` (removed already)."""
+        new = self.cluster.take_spare()
+        try:
+            await self._add_member(new)
+        except BaseException:
+            self.cluster.kill(new)  # old stays removed: the final heal adds it back
+            raise
+        self._removed.discard(old)
+        self._replaced[old] = new
+        self.cluster.replace_member(old, new)
+        return {"removed": old, "node": new}
 
     async def heal(self) -> None:
         """The final heal: every process resumed or started again, every link restored;

@@ -37,7 +37,7 @@ from typing import Final
 import msgspec
 
 from phalanx.chaos.check import HistoryCheck, check_history, write_timeline
-from phalanx.chaos.cluster import ChaosCluster
+from phalanx.chaos.cluster import NODES_MAX, ChaosCluster
 from phalanx.chaos.history import Operation, Recorder, write_jsonl
 from phalanx.chaos.nemesis import PROXY_KINDS, FaultWindow, Nemesis, plan
 from phalanx.chaos.netns import refused_faults
@@ -251,6 +251,15 @@ async def _drive(options: RunOptions, root: Path, workload: Workload) -> _Run:
     t0_ns = time.monotonic_ns()
     recorder = Recorder(lambda: _clock_us(t0_ns), ops_max=HISTORY_OPS_MAX)
     faults_recorder = Recorder(lambda: _clock_us(t0_ns))
+    windows = plan(
+        options.seed,
+        options.nemesis,
+        time_limit_s=options.time_limit_s,
+        ids=range(1, options.nodes + 1),
+        fault_s=options.fault_s,
+        quiet_s=options.quiet_s,
+    )
+    replacements = sum(w.kind == "membership" and w.shape == "replace" for w in windows)
     cluster = ChaosCluster(
         root,
         options.nodes,
@@ -260,14 +269,7 @@ async def _drive(options: RunOptions, root: Path, workload: Workload) -> _Run:
         proxied=any(kind in PROXY_KINDS for kind in options.nemesis),
         seed=options.seed,
         netns=options.netns,
-    )
-    windows = plan(
-        options.seed,
-        options.nemesis,
-        time_limit_s=options.time_limit_s,
-        ids=cluster.ids,
-        fault_s=options.fault_s,
-        quiet_s=options.quiet_s,
+        spares=min(replacements, NODES_MAX - options.nodes),
     )
     nemesis = Nemesis(cluster, faults_recorder, seed=options.seed)
     error: str | None = None
