@@ -41,9 +41,8 @@ Anyone who reaches the API can cut and degrade every proxied link, so
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
-from collections.abc import Awaitable, Callable, Generator, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
@@ -64,7 +63,7 @@ from phalanx.chaos.proxy import (
 )
 from phalanx.chaos.toxics import ToxicSpec, ToxicUpdate
 from phalanx.errors import BadRequest, Conflict, PhalanxError, Rejected, TooLarge, Unavailable
-from phalanx.health.server import bind_listener
+from phalanx.health.server import LoopServer, bind_listener
 
 __all__ = [
     "ADMIN_BODY_BYTES_MAX",
@@ -269,22 +268,6 @@ async def _lifespan(receive: Receive, send: Send) -> None:
 # -- the server -----------------------------------------------------------------------------
 
 
-class _Uvicorn(uvicorn.Server):
-    """uvicorn with a started event, leaving signals to the process (the CLI handles them)."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.started_event = asyncio.Event()
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        self.started_event.set()
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
 class ProxyApiServer:
     """Serves :class:`ProxyApiApp` for ``proxies`` on ``host:port`` on the running loop.
 
@@ -311,7 +294,7 @@ class ProxyApiServer:
         self.host = host
         self._requested_port = port
         self._socket: socket.socket | None = None
-        self._server: _Uvicorn | None = None
+        self._server: LoopServer | None = None
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -345,7 +328,7 @@ class ProxyApiServer:
             limit_concurrency=ADMIN_CONNECTIONS_MAX,
             timeout_graceful_shutdown=ADMIN_SHUTDOWN_S_MAX,
         )
-        self._server = _Uvicorn(config)
+        self._server = LoopServer(config)
         self._task = asyncio.create_task(self._serve(self._server, self._socket), name="proxy-api")
         started = asyncio.ensure_future(self._server.started_event.wait())
         done, _ = await asyncio.wait({started, self._task}, return_when=asyncio.FIRST_COMPLETED)
@@ -356,7 +339,7 @@ class ProxyApiServer:
             raise RuntimeError("the proxy API stopped while starting")
 
     @staticmethod
-    async def _serve(server: _Uvicorn, sock: socket.socket) -> None:
+    async def _serve(server: LoopServer, sock: socket.socket) -> None:
         try:
             await server.serve(sockets=[sock])
         finally:

@@ -28,7 +28,14 @@ from phalanx.health.asgi import HealthApp
 from phalanx.health.checks import HealthRegistry
 from phalanx.resilience.config import require_positive
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "HealthServer", "bind_listener", "serve"]
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "HealthServer",
+    "LoopServer",
+    "bind_listener",
+    "serve",
+]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -64,6 +71,24 @@ class _Server(uvicorn.Server):
                 yield
         else:
             yield
+
+
+class LoopServer(uvicorn.Server):
+    """uvicorn's server for an app served on the process's running loop: ``started_event``
+    (an asyncio event) is set once it serves, and it installs no signal handlers (the
+    process that hosts it has its own). The node's and the fault proxy's endpoints use it."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.started_event = asyncio.Event()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self.started_event.set()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
 
 
 def _config(app: HealthApp, log_level: str) -> uvicorn.Config:

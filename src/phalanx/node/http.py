@@ -34,9 +34,8 @@ cancels on :meth:`~NodeHttpServer.aclose`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
-from collections.abc import Awaitable, Callable, Generator, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from types import TracebackType
 from typing import Annotated, Any, Final, Protocol
 
@@ -47,7 +46,7 @@ from prometheus_client.exposition import choose_encoder
 
 from phalanx.clock import SYSTEM_CLOCK, Clock
 from phalanx.health import CheckFailed, HealthApp, HealthRegistry, Probe
-from phalanx.health.server import bind_listener
+from phalanx.health.server import LoopServer, bind_listener
 from phalanx.net.faults import CLOCK_OFFSET_MS_MAX, ClockStrobe, LinkFaults, Toxic
 
 __all__ = [
@@ -392,22 +391,6 @@ class NodeHttpApp:
 # -- the server -----------------------------------------------------------------------------
 
 
-class _Server(uvicorn.Server):
-    """uvicorn's server, with a started event and no signal handlers (the process has its own)."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.started_event = asyncio.Event()
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        self.started_event.set()
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
 class NodeHttpServer:
     """Serves ``app`` on ``host:port`` on the running event loop, with the loop monitor.
 
@@ -431,7 +414,7 @@ class NodeHttpServer:
         self._requested_port = port
         self.monitor = monitor
         self._socket: socket.socket | None = None
-        self._server: _Server | None = None
+        self._server: LoopServer | None = None
         self._runner: asyncio.Task[None] | None = None
 
     @property
@@ -461,7 +444,7 @@ class NodeHttpServer:
             limit_concurrency=HTTP_CONNECTIONS_MAX,
             timeout_graceful_shutdown=int(HTTP_SHUTDOWN_S_MAX),
         )
-        self._server = _Server(config)
+        self._server = LoopServer(config)
         self._runner = asyncio.create_task(self._run(self._server, self._socket), name="node-http")
         started = asyncio.ensure_future(self._server.started_event.wait())
         done, _ = await asyncio.wait({started, self._runner}, return_when=asyncio.FIRST_COMPLETED)
@@ -471,7 +454,7 @@ class NodeHttpServer:
             await self.aclose()
             raise RuntimeError("the HTTP server stopped while starting")
 
-    async def _run(self, server: _Server, sock: socket.socket) -> None:
+    async def _run(self, server: LoopServer, sock: socket.socket) -> None:
         try:
             async with asyncio.TaskGroup() as tasks:
                 beat = None
