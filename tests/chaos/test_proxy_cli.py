@@ -177,3 +177,33 @@ def test_the_group_is_registered_under_chaos() -> None:
     assert result.exit_code == 0
     for command in ("serve", "list", "create", "delete", "toxic", "reset"):
         assert command in result.output
+
+
+def test_toxiproxys_own_python_client_drives_the_proxy(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The HTTP API speaks Toxiproxy's dialect: its official Python client (toxiproxy-python)
+    creates, populates, degrades, disables and removes proxies here unchanged."""
+    toxiproxy = pytest.importorskip("toxiproxy.server")
+    api = pytest.importorskip("toxiproxy.api")
+    host, port = served.admin_url.removeprefix("http://").rsplit(":", 1)
+    monkeypatch.setattr(api.APIConsumer, "host", host)
+    monkeypatch.setattr(api.APIConsumer, "port", int(port))
+    server = toxiproxy.Toxiproxy()
+    assert server.running()
+    pg = server.create(upstream="127.0.0.1:5432", name="pg", listen="127.0.0.1:0")
+    assert (pg.name, pg.upstream, pg.enabled) == ("pg", "127.0.0.1:5432", True)
+    pg.add_toxic(type="latency", attributes={"latency": 100, "jitter": 10}, name="slow")
+    toxics = pg.toxics()
+    assert (toxics["slow"].type, toxics["slow"].stream) == ("latency", "downstream")
+    assert toxics["slow"].attributes == {"latency": 100, "jitter": 10}
+    pg.disable()
+    assert server.get_proxy("pg").enabled is False
+    pg.enable()
+    pg.destroy_toxic("slow")
+    assert pg.toxics() == {}
+    server.populate([{"name": "cache", "listen": "127.0.0.1:0", "upstream": "127.0.0.1:6379"}])
+    assert sorted(server.proxies()) == ["cache", "db", "off", "pg"]
+    server.reset()
+    server.destroy_all()
+    assert server.proxies() == {}
