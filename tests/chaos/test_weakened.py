@@ -17,10 +17,15 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
 
+from phalanx.chaos import runner
+from phalanx.chaos.nemesis import FaultWindow, plan
 from phalanx.chaos.runner import RunOptions, RunResult, run_chaos
 from phalanx.chaos.verdict import Verdict
 from phalanx.chaos.workloads import FencingWorkload
@@ -71,6 +76,30 @@ class UnfencedWorkload(FencingWorkload):
         await client.put(self.resource, str(token).zfill(16).encode())
 
 
+#: Every member's clock this far ahead during each clock window: more than the workload's
+#: 5 s lease, so whoever leads expires every lease at the window's start.
+CLOCK_JUMP_MS = 9_000
+
+
+@pytest.fixture
+def clock_jumps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Clock windows that move every member's clock forward by ``CLOCK_JUMP_MS`` (no strobe,
+    no backward offsets), so that the leader, whichever it is, expires the holder's lease."""
+
+    def jumps(seed: int, kinds: Sequence[str], **options: Any) -> list[FaultWindow]:
+        windows = plan(seed, kinds, **options)
+        return [
+            msgspec.structs.replace(
+                w, offsets=dict.fromkeys(w.offsets, CLOCK_JUMP_MS), strobe_period_ms=0
+            )
+            if w.kind == "clock"
+            else w
+            for w in windows
+        ]
+
+    monkeypatch.setattr(runner, "plan", jumps)
+
+
 def _fencing_options() -> RunOptions:
     return RunOptions(
         nodes=3,
@@ -86,6 +115,7 @@ def _fencing_options() -> RunOptions:
     )
 
 
+@pytest.mark.usefixtures("clock_jumps")
 def test_a_resource_that_ignores_fencing_tokens_is_caught(tmp_path: Path) -> None:
     options = _fencing_options()
     result = run_chaos(options, tmp_path, workload=UnfencedWorkload())
@@ -95,6 +125,7 @@ def test_a_resource_that_ignores_fencing_tokens_is_caught(tmp_path: Path) -> Non
     assert details["stale_writes"] > 0
 
 
+@pytest.mark.usefixtures("clock_jumps")
 def test_the_same_faults_against_a_fenced_resource_are_valid(tmp_path: Path) -> None:
     result = run_chaos(_fencing_options(), tmp_path)
     assert result.verdict is Verdict.VALID, result.checker.results

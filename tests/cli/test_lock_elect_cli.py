@@ -96,7 +96,7 @@ async def test_lock_runs_the_command_with_its_fencing_token(tmp_path: Path) -> N
                     ],
                 )
             assert busy.exit_code == 1
-            assert "Timeout" in busy.output
+            assert "NotAcquired" in busy.output
             missing = await asyncio.to_thread(_invoke, [*args, str(tmp_path / "no-such-command")])
             assert missing.exit_code == 1
             assert "cannot run" in missing.output
