@@ -29,6 +29,7 @@ module                 what it owns
 ``runner``             ``phalanx chaos run``: cluster, workload, nemesis, heal, check, report
 ``plots``              the report's matplotlib plots: faults, latency, quantiles, throughput
 ``report``             the run's HTML report: verdict, plots, logs, the command to reproduce
+``summary``            tables of finished runs and campaigns (``phalanx chaos summary``)
 =====================  ==========================================================================
 
 See ``docs/chaos.md``.

@@ -482,3 +482,40 @@ def campaign(
 
 
 chaos.add_command(proxy)
+
+
+@chaos.command("summary")
+@click.argument(
+    "directories",
+    nargs=-1,
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per run instead.")
+def summary(directories: tuple[Path, ...], as_json: bool) -> None:
+    """Tabulate finished runs: a run's OUT, or a campaign's (its run-<n> directories).
+
+    Prints one Markdown row per run and the totals per workload, from each run's
+    results.json. Exit status: 1 when any run is invalid, else 2 when any is unknown
+    (or no run was found), else 0.
+    """
+    import msgspec
+
+    from phalanx.chaos.summary import load_runs, markdown
+
+    try:
+        rows = load_runs(directories)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        for row in rows:
+            click.echo(msgspec.json.encode(row).decode())
+    elif rows:
+        click.echo(markdown(rows), nl=False)
+    verdicts = {row.verdict for row in rows}
+    if "invalid" in verdicts:
+        raise SystemExit(EXIT_INVALID)
+    if not rows or verdicts != {"valid"}:
+        if not rows:
+            click.echo("no finished run under the directories given", err=True)
+        raise SystemExit(EXIT_UNKNOWN)
