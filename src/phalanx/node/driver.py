@@ -72,6 +72,7 @@ from phalanx.raft.types import (
     ConfState,
     EntryType,
     Message,
+    MessageType,
     Ready,
     Role,
     SoftState,
@@ -96,6 +97,10 @@ SNAPSHOT_CHUNKS_PER_YIELD = 4
 #: Entries kept in the log behind a snapshot, so a follower that lags by fewer catches up
 #: from the log instead of receiving the whole snapshot.
 SNAPSHOT_KEEP_ENTRIES = 2_000
+#: How far a learner's log may trail the commit index and still be promoted to voter:
+#: one further behind (or that never answered) is refused with ``Unavailable``, since
+#: counting it in the quorum before it caught up would cost availability.
+LEARNER_LAG_ENTRIES_MAX = 1_000
 #: Proposals one node may have waiting for their entries to apply; beyond it new writes
 #: are refused with ``Unavailable`` (nothing proposed) instead of queueing without bound.
 PENDING_PROPOSALS_MAX = 10_000
@@ -416,6 +421,15 @@ class RaftNode:
     def _on_message(self, message: Message) -> None:
         if self._node is None or self._stopping or self.faults.blocks_in(message.src):
             return
+        if (
+            message.type == MessageType.APPEND
+            and message.index == 0
+            and not self._node.status().conf_state.voters
+        ):
+            # A member added at runtime starts knowing no membership, and the initial one is
+            # not in the log: entries from index 1 cannot be applied correctly without it.
+            # Wait for the snapshot the leader sends once it compacted its first entry.
+            return
         self._node.step(message)
         self._wake.set()
 
@@ -571,15 +585,31 @@ class RaftNode:
                 transport.remove_peer(node_id)
 
     def _maybe_snapshot(self) -> None:
-        if self.store.applied_index - self._snapshot_index < self._snapshot_entries:
-            return
-        if self._group is None or self._stopping:
+        compact_at_least = 1 if self._joiner_needs_snapshot() else 0
+        due = self.store.applied_index - self._snapshot_index >= self._snapshot_entries
+        if not (due or compact_at_least) or self._group is None or self._stopping:
             return
         if self._snapshot_task is None or self._snapshot_task.done():
             # Beside the Ready loop, not in it: writes keep flowing while it is taken.
             self._snapshot_task = self._group.create_task(
-                self.snapshot(), name=f"phalanx-snapshot-{self.id}"
+                self.snapshot(compact_at_least=compact_at_least),
+                name=f"phalanx-snapshot-{self.id}",
             )
+
+    def _joiner_needs_snapshot(self) -> bool:
+        """As leader with the first entry still in the log: does a member that joined at
+        runtime (not among the initial voters) need the log from index 1? It ignores such
+        appends (see ``_on_message``); compacting the first entry away sends it a snapshot."""
+        if self._role != Role.LEADER or self.store.applied_index < 1:
+            return False
+        storage = self._core_storage()
+        if storage.first_index() != 1:
+            return False
+        initial = set(storage.snapshot().meta.conf_state.voters)
+        return any(
+            peer.match == 0 and peer.next <= 1 and node_id not in initial
+            for node_id, peer in self._core().status().progress
+        )
 
     async def snapshot(self, *, compact_at_least: int = 0) -> int:
         """Snapshot the state machine at its applied index and compact the log behind it,
@@ -901,8 +931,16 @@ class RaftNode:
         """Make the learner ``node_id`` a voter."""
         node = self._check_open()
         self._check_leader(node)
-        if node_id not in node.status().conf_state.learners:
+        status = node.status()
+        if node_id not in status.conf_state.learners:
             raise BadRequest(f"node {node_id} is not a learner")
+        match = dict(status.progress)[node_id].match if status.progress else 0
+        if match == 0 or match + LEARNER_LAG_ENTRIES_MAX < status.commit:
+            raise Unavailable(
+                f"learner {node_id} has not caught up (its log ends at {match}, the commit "
+                f"index is {status.commit}): promote it once it has",
+                retry_after_s=1.0,
+            )
         await self._change(node, ConfChange(((ConfChangeType.ADD_VOTER, node_id),)), timeout_s)
 
     async def remove_member(self, node_id: int, *, timeout_s: float | None = None) -> None:
