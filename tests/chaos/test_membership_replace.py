@@ -14,6 +14,7 @@ from phalanx.chaos.history import Recorder, read_jsonl
 from phalanx.chaos.nemesis import Nemesis, plan
 from phalanx.chaos.runner import RunOptions, run_chaos
 from phalanx.chaos.verdict import Verdict
+from phalanx.client import AsyncClient
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="signals and process groups")
 
@@ -63,6 +64,7 @@ def test_a_run_with_members_replaced_is_valid(tmp_path: Path) -> None:
     )
     result = run_chaos(options, tmp_path)
     assert result.verdict is Verdict.VALID, result.checker.results
+    assert result.error is None  # e.g. "after the heal: no leader": the cluster lost quorum
     faults = read_jsonl(tmp_path / "nemesis.jsonl")
     replaced = [
         op.output
@@ -71,3 +73,26 @@ def test_a_run_with_members_replaced_is_valid(tmp_path: Path) -> None:
     ]
     assert replaced, [(op.f, op.outcome, op.output, op.error) for op in faults]
     assert all(r["node"] > options.nodes for r in replaced)
+
+
+async def test_the_final_heal_adds_back_a_member_whose_removal_went_unrecorded(
+    tmp_path: Path,
+) -> None:
+    """A removal that took effect although its answer was lost leaves the member running
+    outside the cluster; the final heal finds it missing and adds it back as a voter."""
+    async with ChaosCluster(tmp_path, 3) as cluster:
+        leader = await cluster.wait_leader(20.0)
+        follower = next(i for i in cluster.ids if i != leader)
+        client = AsyncClient(cluster.endpoints(leader))
+        try:
+            await client.remove_member(follower)
+        finally:
+            await client.aclose()
+        recorder = Recorder(lambda: 0)
+        nemesis = Nemesis(cluster, recorder)
+        await nemesis.heal()
+        (heal,) = recorder.operations()
+        assert heal.output["repaired"] == [follower], heal.output
+        status = await cluster.status(await cluster.wait_leader(20.0))
+        assert status is not None
+        assert sorted(m.node_id for m in status.members if not m.learner) == [1, 2, 3]

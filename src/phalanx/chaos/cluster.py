@@ -346,12 +346,13 @@ class ChaosCluster:
         for node_id in self.ids:
             if not self.alive(node_id) or node_id in self.paused:
                 continue
-            status = await self._status(node_id)
+            status = await self.status(node_id)
             if status is not None and status.leader and status.leader in self.ids:
                 return int(status.leader)
         return None
 
-    async def _status(self, node_id: int) -> NodeStatus | None:
+    async def status(self, node_id: int) -> NodeStatus | None:
+        """``node_id``'s own status (role, leader, members), or None when it did not answer."""
         client = AsyncClient(
             [self.endpoints(node_id)[0]],
             request_timeout_s=STATUS_TIMEOUT_S,

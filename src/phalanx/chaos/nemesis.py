@@ -525,17 +525,22 @@ class Nemesis:
         self.cluster.kill(node)
         return {"node": node}
 
-    async def _add_member(self, node: int) -> dict[str, Any]:
+    async def _add_member(self, node: int, *, learner: bool = False) -> dict[str, Any]:
+        """Add ``node`` as a learner with an empty data directory, then promote it to voter
+        once it has caught up (``learner``: it is a learner already; only promote it)."""
         client = self._client()
         peer = self.cluster.peer_advertised[node]
         address = self.cluster.client[node]
         try:
-            async with asyncio.timeout(MEMBERSHIP_TIMEOUT_S):
-                await client.add_member(node, f"{peer[0]}:{peer[1]}", f"{address[0]}:{address[1]}")
-            shutil.rmtree(self.cluster.root / f"n{node}", ignore_errors=True)
+            if not learner:
+                async with asyncio.timeout(MEMBERSHIP_TIMEOUT_S):
+                    await client.add_member(
+                        node, f"{peer[0]}:{peer[1]}", f"{address[0]}:{address[1]}"
+                    )
+                self.cluster.kill(node)  # still running when its removal's answer was lost
+                shutil.rmtree(self.cluster.root / f"n{node}", ignore_errors=True)
             self.cluster.start(node, join=True)
             self._removed.discard(node)
-            # A learner until it has caught up; promoted back to voter.
             async with asyncio.timeout(MEMBERSHIP_TIMEOUT_S):
                 while True:
                     try:
@@ -587,9 +592,40 @@ class Nemesis:
                 await self._add_member(node)
             except (PhalanxError, OSError, TimeoutError) as exc:
                 answered.setdefault("errors", []).append(f"re-adding {node}: {exc}")
+        repaired = await self._repair_membership(answered)
         self.recorder.ok(
-            handle, {"resumed": resumed, "started": started, "readded": removed, **answered}
+            handle,
+            {
+                "resumed": resumed,
+                "started": started,
+                "readded": removed,
+                **({"repaired": repaired} if repaired else {}),
+                **answered,
+            },
         )
+
+    async def _repair_membership(self, answered: dict[str, Any]) -> list[int]:
+        """Make every member the cluster should have a voter again: one whose removal took
+        effect although its answer was lost (the window was recorded ``fail``) is added back,
+        a learner left unpromoted is promoted. Returns the members repaired."""
+        cluster = self.cluster
+        try:
+            leader = await cluster.wait_leader(LEADER_WAIT_S_MAX)
+        except PhalanxError as exc:
+            answered.setdefault("errors", []).append(f"membership check: {exc}")
+            return []
+        status = await cluster.status(leader)
+        if status is None or not status.members:
+            return []
+        voters = {m.node_id for m in status.members if not m.learner}
+        learners = {m.node_id for m in status.members if m.learner}
+        repaired = [i for i in cluster.ids if i not in voters]
+        for node in repaired:
+            try:
+                await self._add_member(node, learner=node in learners)
+            except (PhalanxError, OSError, TimeoutError) as exc:
+                answered.setdefault("errors", []).append(f"repairing {node}: {exc}")
+        return repaired
 
 
 def _unreachable(missed: list[int]) -> dict[str, Any]:
