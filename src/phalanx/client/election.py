@@ -132,9 +132,9 @@ class Election(Contender):
 
     async def campaign(self, value: bytes, *, timeout_s: float | None = None) -> Leadership:
         """Stand with ``value`` and wait until elected (at most ``timeout_s``: then
-        ``NotAcquired``, the candidacy withdrawn, or ``Timeout`` when the withdrawal could
-        not be confirmed). Raises ``LeaseLost`` when our lease ends while waiting; every
-        failure withdraws the candidacy."""
+        ``Timeout``, the candidacy withdrawn; its outcome stays unknown, since observers may
+        have seen us lead just before the withdrawal). Raises ``LeaseLost`` when our lease
+        ends while waiting; every failure withdraws the candidacy."""
         if self._claim is not None:
             raise RuntimeError(f"election {self.name!r}: already campaigning or leading")
         claim = await self._take_turn(value, timeout_s, f"election {self.name!r} not won")

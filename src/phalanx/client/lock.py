@@ -97,9 +97,11 @@ class TooManyContenders(Unavailable):
 
 
 class NotAcquired(Timeout):
-    """The wait for our turn ran out, or a call's effect was unknown, and the claim was then
-    withdrawn and the withdrawal confirmed: nothing is held, nor will be. A ``Timeout`` that
-    is known to have had no effect (outcome FAILED), so ``except Timeout`` still catches it."""
+    """A lock's wait ran out, or a call's effect was unknown, and the claim was then withdrawn
+    and the withdrawal confirmed: the caller holds nothing, nor will it (outcome FAILED; still
+    a ``Timeout``, so ``except Timeout`` catches it). Our key may briefly have been first in
+    the queue before the withdrawal, but no holding, fencing token or lease reached the
+    caller, so nothing could act under it."""
 
     outcome = Outcome.FAILED
 
@@ -370,9 +372,14 @@ class Contender:
         self.queue = queue_prefix(prefix, name)
         self._claim: Claim | None = None
 
-    async def _take_turn(self, value: bytes, timeout_s: float | None, what: str) -> Claim:
+    async def _take_turn(
+        self, value: bytes, timeout_s: float | None, what: str, *, definite: bool = False
+    ) -> Claim:
         """Enter the queue with ``value`` and wait for our turn; every failure withdraws the
-        claim (``Timeout`` after ``timeout_s``, saying ``what`` did not happen)."""
+        claim (``Timeout`` after ``timeout_s``, saying ``what`` did not happen). With
+        ``definite``, a timeout or unknown outcome whose withdrawal is confirmed raises
+        ``NotAcquired`` (FAILED) instead: right for a lock, whose holding only its caller can
+        use; not for an election, whose observers may have seen us lead meanwhile."""
         claim = Claim(self.client, self.queue, ttl_s=self.ttl_s, contenders_max=self.contenders_max)
         self._claim = claim
         try:
@@ -381,13 +388,13 @@ class Contender:
                 await claim.wait_turn()
         except TimeoutError:
             message = f"{what} within {timeout_s} s"
-            if await self._withdraw(claim):
+            if await self._withdraw(claim) and definite:
                 raise NotAcquired(f"{message}; claim withdrawn") from None
             raise Timeout(
                 f"{message}; withdrawing the claim failed, its lease ends within {self.ttl_s} s"
             ) from None
         except PhalanxError as exc:
-            if await self._withdraw(claim) and exc.outcome is Outcome.INDETERMINATE:
+            if await self._withdraw(claim) and definite and exc.outcome is Outcome.INDETERMINATE:
                 raise NotAcquired(f"{what}: {exc}; claim withdrawn") from exc
             raise
         except BaseException:
@@ -440,7 +447,9 @@ class Lock(Contender):
         """
         if self._claim is not None:
             raise RuntimeError(f"lock {self.name!r} is already held or being acquired")
-        claim = await self._take_turn(b"", timeout_s, f"lock {self.name!r} not acquired")
+        claim = await self._take_turn(
+            b"", timeout_s, f"lock {self.name!r} not acquired", definite=True
+        )
         self._held = Held(self.name, claim)
         self._acquired += 1
         return self._held
