@@ -77,6 +77,20 @@ def test_set_catches_lost_unexpected_and_stale_elements() -> None:
     assert check_set(_set_history([1, 2]).ops[:4]).verdict is Verdict.UNKNOWN
 
 
+def test_set_adds_after_the_last_successful_read_leave_it_unknown() -> None:
+    """When the final read fails, the last read that succeeded was taken mid-run: it cannot
+    vouch for adds acknowledged after it began, so durability is not shown either way."""
+    h = Ops()
+    h.add(0, "add", 0, 1, input=1)
+    h.add(1, "read", 2, 3, output=[1])
+    h.add(0, "add", 4, 5, input=2)  # acknowledged after the only successful read
+    h.add(1, "read", 6, 9, outcome=INFO)  # the final read: no answer
+    result = check_set(h.ops)
+    assert result.verdict is Verdict.UNKNOWN
+    assert result.details["unchecked"] == 1
+    assert "after the last successful read" in result.summary
+
+
 def _lock(*, second_token: int, first_release_at: int) -> Ops:
     h = Ops()
     h.add(0, "acquire", 0, 1, output=1)

@@ -37,7 +37,6 @@ def test_runs_are_read_in_order_and_summed_per_workload(tmp_path: Path) -> None:
     runs = [_results("set", "valid", s) for s in range(11)]
     runs[3] = _results("bank", "valid", 3, failed=1)
     root = _campaign(tmp_path / "c", runs)
-    (root / "run-11").mkdir()  # stopped before it wrote results: skipped
     rows = load_runs([root])
     assert [Path(r.directory).name for r in rows] == [f"run-{n}" for n in range(11)]
     sums = totals(rows)
@@ -80,5 +79,19 @@ def test_a_file_that_is_not_a_run_is_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"run-0/results\.json"):
         load_runs([root])
     result = CliRunner().invoke(chaos, ["summary", str(root)])
-    assert result.exit_code == 1
+    assert result.exit_code == EXIT_UNKNOWN
     assert "not a chaos run's results" in result.output
+
+
+def test_a_run_that_did_not_finish_is_unknown_and_errors_are_shown(tmp_path: Path) -> None:
+    noted = _results("kv", "valid", 1)
+    noted["error"] = "after the heal: no leader | within 30 s"
+    root = _campaign(tmp_path / "c", [_results("kv", "valid", 0), noted])
+    (root / "run-2").mkdir()  # its cluster did not start: no results.json
+    rows = load_runs([root])
+    assert [r.verdict for r in rows] == ["valid", "valid", "unknown"]
+    text = markdown(rows)
+    assert "valid (after the heal: no leader / within 30 s) |" in text
+    assert "| run-2 | 0 | 0 | ? | ? |" in text
+    result = CliRunner().invoke(chaos, ["summary", str(root)])
+    assert result.exit_code == EXIT_UNKNOWN

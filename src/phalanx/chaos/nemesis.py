@@ -380,7 +380,10 @@ class Nemesis:
             if leader is None:
                 raise _Skip("no leader known")
             return leader
-        return self._now(window.node)
+        node = self._now(window.node)
+        if node in self._removed:
+            raise _Skip(f"node {node} is not a member now")
+        return node
 
     def _now(self, node: int) -> int:
         """The member in ``node``'s place now: itself, or whoever replaced it (in a chain)."""
@@ -393,10 +396,9 @@ class Nemesis:
     async def _apply(self, window: FaultWindow) -> dict[str, Any]:
         if window.kind in {"kill", "pause"}:
             node = await self._target(window)
-            if window.kind == "kill":
-                self.cluster.kill(node)
-            else:
-                self.cluster.pause(node)
+            done = self.cluster.kill(node) if window.kind == "kill" else self.cluster.pause(node)
+            if not done:
+                raise _Skip(f"node {node} is not running")
             return {"node": node}
         if window.kind in PROXY_KINDS:
             return await self._proxy(window)
@@ -490,6 +492,8 @@ class Nemesis:
         for node in self.cluster.ids:
             if time.monotonic() >= deadline:
                 break
+            if node in self._removed:
+                continue  # not a member now: the final heal adds it back
             self.cluster.kill(node)
             self.cluster.start(node)
             restarted.append(node)
@@ -557,8 +561,18 @@ class Nemesis:
         new = self.cluster.take_spare()
         try:
             await self._add_member(new)
-        except BaseException:
-            self.cluster.kill(new)  # old stays removed: the final heal adds it back
+        except (PhalanxError, OSError, TimeoutError):
+            # Not a voter: take it out again (it may be a learner by now), and leave ``old``
+            # removed for the final heal to add back.
+            self.cluster.kill(new)
+            client = self._client()
+            try:
+                async with asyncio.timeout(MEMBERSHIP_TIMEOUT_S):
+                    await client.remove_member(new)
+            except (PhalanxError, OSError, TimeoutError):
+                pass  # it was never added, or the final heal's check will see it
+            finally:
+                await client.aclose()
             raise
         self._removed.discard(old)
         self._replaced[old] = new
@@ -607,7 +621,8 @@ class Nemesis:
     async def _repair_membership(self, answered: dict[str, Any]) -> list[int]:
         """Make every member the cluster should have a voter again: one whose removal took
         effect although its answer was lost (the window was recorded ``fail``) is added back,
-        a learner left unpromoted is promoted. Returns the members repaired."""
+        a learner left unpromoted is promoted; and remove members it should not have (the
+        spare of a replacement that failed half-way). Returns the members repaired."""
         cluster = self.cluster
         try:
             leader = await cluster.wait_leader(LEADER_WAIT_S_MAX)
@@ -619,13 +634,25 @@ class Nemesis:
             return []
         voters = {m.node_id for m in status.members if not m.learner}
         learners = {m.node_id for m in status.members if m.learner}
+        strays = sorted((voters | learners) - set(cluster.ids))
         repaired = [i for i in cluster.ids if i not in voters]
         for node in repaired:
             try:
                 await self._add_member(node, learner=node in learners)
             except (PhalanxError, OSError, TimeoutError) as exc:
                 answered.setdefault("errors", []).append(f"repairing {node}: {exc}")
-        return repaired
+        if strays:  # e.g. the spare of a replacement that failed half-way
+            client = self._client()
+            try:
+                for node in strays:
+                    cluster.kill(node)
+                    async with asyncio.timeout(MEMBERSHIP_TIMEOUT_S):
+                        await client.remove_member(node)
+            except (PhalanxError, OSError, TimeoutError) as exc:
+                answered.setdefault("errors", []).append(f"removing {strays}: {exc}")
+            finally:
+                await client.aclose()
+        return [*repaired, *strays]
 
 
 def _unreachable(missed: list[int]) -> dict[str, Any]:

@@ -301,7 +301,7 @@ async def _drive(options: RunOptions, root: Path, workload: Workload) -> _Run:
         applied=nemesis.applied,
         failed=nemesis.failed,
         duration_s=round(time.monotonic() - began_s, 3),
-        logs={i: cluster.log_path(i) for i in cluster.ids},
+        logs={i: cluster.log_path(i) for i in cluster.slots if cluster.log_path(i).exists()},
         error=error,
     )
 

@@ -83,6 +83,9 @@ def check_set(ops: Sequence[Operation]) -> CheckResult:
             stale |= missing
             stale_ops.append(op.id)
     recovered = {_element(op.input) for op in adds if op.outcome is Outcome.INDETERMINATE} & final
+    # Acknowledged once the last successful read had begun: that read cannot vouch for them
+    # (none in a run whose final read succeeded, since it starts after every add ends).
+    unchecked = [op for op in acked if (op.complete_us or 0) >= final_op.invoke_us]
     details: dict[str, object] = {
         "adds": len(adds),
         "acknowledged": len(acked),
@@ -93,6 +96,7 @@ def check_set(ops: Sequence[Operation]) -> CheckResult:
         "unexpected": len(unexpected),
         "stale": len(stale),
         "recovered": len(recovered),
+        "unchecked": len(unchecked),
     }
     counts = f"lost {len(lost)}, unexpected {len(unexpected)}, stale {len(stale)}"
     if lost or unexpected or stale:
@@ -103,6 +107,14 @@ def check_set(ops: Sequence[Operation]) -> CheckResult:
             summary=f"invalid: {counts}",
             details=details,
             ops_bad=bad[:BAD_OPS_LISTED_MAX],
+        )
+    if unchecked:
+        return CheckResult(
+            checker="set",
+            verdict=Verdict.UNKNOWN,
+            summary=f"unknown: {len(unchecked)} adds acknowledged after the last successful "
+            f"read began (did the final read fail?); {counts}",
+            details=details,
         )
     return CheckResult(
         checker="set",

@@ -75,17 +75,40 @@ def _row(directory: Path, results: dict[str, Any]) -> RunRow:
     )
 
 
+def _unfinished(directory: Path) -> RunRow:
+    return RunRow(
+        directory=str(directory),
+        seed=0,
+        nodes=0,
+        workload="?",
+        nemesis="?",
+        operations=0,
+        ok=0,
+        fail=0,
+        info=0,
+        faults_applied=0,
+        faults_failed=0,
+        verdict="unknown",
+        duration_s=0.0,
+        check_s=0.0,
+        error="no results.json: the run did not finish (its cluster did not start, or it "
+        "was stopped)",
+    )
+
+
 def load_runs(roots: Iterable[Path]) -> list[RunRow]:
-    """Every run under ``roots``, in order; ``ValueError`` naming the file that is missing
-    a field or is not JSON, or when more than :data:`RUNS_MAX` runs are found."""
+    """Every run under ``roots``, in order (a run directory without ``results.json`` is an
+    ``unknown`` row: it did not finish); ``ValueError`` naming the file that is missing a
+    field or is not JSON, or when more than :data:`RUNS_MAX` runs are found."""
     rows: list[RunRow] = []
     for root in roots:
         for directory in _run_dirs(Path(root)):
             path = directory / "results.json"
-            if not path.is_file():
-                continue  # a run that was stopped before it wrote its results
             if len(rows) >= RUNS_MAX:
                 raise ValueError(f"more than RUNS_MAX={RUNS_MAX} runs")
+            if not path.is_file():
+                rows.append(_unfinished(directory))
+                continue
             try:
                 results = msgspec.json.decode(path.read_bytes())
                 rows.append(_row(directory, results))
@@ -114,6 +137,16 @@ def totals(rows: Sequence[RunRow]) -> dict[str, dict[str, Any]]:
     return sums
 
 
+#: Characters of a run's error note in its table row.
+_NOTE_CHARS_MAX: Final = 80
+
+
+def _cell(text: str) -> str:
+    """``text`` fit for one Markdown table cell: one line, no pipes, bounded."""
+    flat = " ".join(text.split()).replace("|", "/")
+    return flat if len(flat) <= _NOTE_CHARS_MAX else flat[: _NOTE_CHARS_MAX - 1] + "…"
+
+
 def _n(value: int) -> str:
     return f"{value:,}"
 
@@ -124,6 +157,8 @@ def markdown(rows: Sequence[RunRow]) -> str:
     lines = [f"{header} verdict |", "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---|"]
     for row in rows:
         verdict = row.verdict if row.verdict == "valid" else f"**{row.verdict}**"
+        if row.error:
+            verdict += f" ({_cell(row.error)})"
         faults = _n(row.faults_applied)
         if row.faults_failed:
             faults += f" (+{row.faults_failed} not applied)"

@@ -506,7 +506,8 @@ def summary(directories: tuple[Path, ...], as_json: bool) -> None:
     try:
         rows = load_runs(directories)
     except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
+        click.echo(f"Error: {exc}", err=True)
+        raise SystemExit(EXIT_UNKNOWN) from None
     if as_json:
         for row in rows:
             click.echo(msgspec.json.encode(row).decode())
