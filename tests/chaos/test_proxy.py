@@ -294,6 +294,25 @@ async def test_a_listen_address_in_use_is_a_conflict(proxies: ProxyServer) -> No
     assert list(proxies.proxies()) == ["p"]
 
 
+async def test_a_listen_change_that_cannot_bind_leaves_the_proxy_listening(
+    proxies: ProxyServer,
+) -> None:
+    async with upstream_server() as upstream:
+        proxy = await make(proxies, upstream.address)
+        other = await make(proxies, upstream.address, "q")
+        listen = proxy.listen
+        taken = f"127.0.0.1:{other.listen[1]}"
+        with pytest.raises(Conflict, match="cannot listen"):
+            await proxies.update("p", ProxyUpdate(listen=taken))
+        assert proxy.enabled
+        assert proxy.listen == listen
+        async with connect(listen) as (reader, writer):
+            writer.write(b"still here")
+            await writer.drain()
+            async with asyncio.timeout(WAIT_S):
+                assert await reader.readexactly(10) == b"still here"
+
+
 async def test_proxy_and_toxic_limits(
     proxies: ProxyServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -421,7 +421,12 @@ class ProxyServer:
         return proxy
 
     async def update(self, name: str, update: ProxyUpdate) -> Proxy:
-        """Change ``listen``, ``upstream`` or ``enabled`` of a proxy."""
+        """Change ``listen``, ``upstream`` or ``enabled`` of a proxy.
+
+        A new ``listen`` that cannot be bound is a :class:`Conflict` that leaves the proxy as
+        it was: its old addresses, and listening again on the old one if it was enabled (its
+        open connections are closed all the same).
+        """
         if update.name is not None and update.name != name:
             raise BadRequest("name: cannot be changed (delete and create instead)")
         async with self._lock:
@@ -438,6 +443,7 @@ class ProxyServer:
             )
             enabled = proxy.enabled if update.enabled is None else update.enabled
             if (listen, upstream) != (proxy.listen, proxy.upstream):
+                was_enabled = proxy.enabled
                 await proxy.stop()
                 previous = proxy.listen, proxy.upstream
                 proxy.listen, proxy.upstream = listen, upstream
@@ -445,7 +451,11 @@ class ProxyServer:
                     try:
                         await proxy.start()
                     except Conflict:
+                        # The proxy stays as it was: old addresses, listening if it was.
                         proxy.listen, proxy.upstream = previous
+                        if was_enabled:
+                            with contextlib.suppress(Conflict):  # the old port taken meanwhile
+                                await proxy.start()
                         raise
             await (proxy.start() if enabled else proxy.stop())
             return proxy
