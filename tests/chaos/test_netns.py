@@ -1,9 +1,9 @@
 """Chaos runs on real network namespaces (``--netns``): the address plan, the iptables
 commands of a grudge, building and tearing down the network, and one real run.
 
-The pure parts run everywhere (the network's commands go to an in-memory ``ip``); the
-tests marked ``needs_netns`` build real namespaces and are skipped unless running as root
-with ``ip`` and ``iptables``.
+The pure parts run everywhere (the network's commands go to an in-memory ``ip`` and
+``iptables``); the tests marked ``needs_netns`` build real namespaces and are skipped
+unless running as root with ``ip`` and ``iptables``.
 """
 
 from __future__ import annotations
@@ -169,24 +169,32 @@ def test_the_command_line_refuses_faults_netns_cannot_apply(
     assert "--netns cannot apply toxic" in result.output
 
 
-# -- building and tearing down, against an in-memory ip ----------------------------------
+# -- building and tearing down, against an in-memory ip and iptables ---------------------
 
 
 class FakeIp:
-    """Keeps the links and namespaces that ``ip`` commands create; fails the command
-    whose argv contains ``fail_on``."""
+    """Keeps the links and namespaces that ``ip`` commands create and the root namespace's
+    ``FORWARD`` rules that ``iptables`` commands change (its policy is ``DROP``, as Docker
+    leaves it); fails the command whose argv contains ``fail_on``."""
 
     def __init__(self, fail_on: str | None = None) -> None:
         self.links: set[str] = set()
         self.namespaces: set[str] = set()
+        #: The root namespace's FORWARD rules, in chain order, without ``-A FORWARD``.
+        self.forward: list[str] = []
         self.calls: list[list[str]] = []
+        #: Every command, its program by base name (the network runs them by full path).
+        self.commands: list[str] = []
         self.fail_on = fail_on
 
     def __call__(self, argv: Sequence[str]) -> str:
-        args = list(argv[1:])
+        program, args = Path(argv[0]).name, list(argv[1:])
         self.calls.append(args)
+        self.commands.append(" ".join([program, *args]))
         if self.fail_on is not None and self.fail_on in " ".join(args):
             raise NetnsError(f"{' '.join(argv)}: exit status 2: RTNETLINK answers: File exists")
+        if program == "iptables":
+            return self._iptables(args)
         if args == ["-j", "link", "show"]:
             return json.dumps([{"ifname": name} for name in sorted(self.links)])
         if args == ["-j", "netns", "list"]:
@@ -200,6 +208,24 @@ class FakeIp:
         elif args[:2] == ["netns", "del"]:
             self.namespaces.remove(args[2])
         return ""
+
+    def _iptables(self, args: list[str]) -> str:
+        wait, command, chain, spec = args[0], args[1], args[2], " ".join(args[3:])
+        assert (wait, chain) == ("-w", "FORWARD"), args  # the root namespace: FORWARD only
+        if command == "-S":
+            rules = [f"-A FORWARD {rule}" for rule in self.forward]
+            return "".join(f"{line}\n" for line in ["-P FORWARD DROP", *rules])
+        if command == "-I":
+            self.forward.insert(0, spec)
+        elif command == "-D" and spec in self.forward:
+            self.forward.remove(spec)
+        else:
+            raise NetnsError(f"iptables {' '.join(args)}: exit status 1: Bad rule")
+        return ""
+
+
+def _accept(bridge: str) -> str:
+    return f"-i {bridge} -o {bridge} -j ACCEPT"
 
 
 def test_the_network_is_named_after_its_owner_and_removed_on_exit() -> None:
@@ -220,8 +246,37 @@ def test_the_network_is_named_after_its_owner_and_removed_on_exit() -> None:
         network.partition({1: [2], 2: [1], 3: []})
         flushes = [c for c in ip.calls if c[-1] == "-F"]
         assert len(flushes) == 3  # a partition replaces whatever was there
+        assert ip.forward == [_accept(network.bridge)]
     assert ip.links == set()
     assert ip.namespaces == set()
+    assert ip.forward == []
+
+
+def test_the_bridge_forwards_despite_a_drop_policy_and_only_its_rule_is_removed() -> None:
+    ip = FakeIp()
+    alive = os.getpid()
+    others = [_accept("docker0"), _accept(f"phx{alive}zbr"), "-i phxabr -o phxabr -j DROP"]
+    ip.forward = list(others)
+    network = NetnsNetwork([1], runner=ip)
+    br = network.bridge
+    with network:
+        # First in the chain, so that neither the DROP policy nor a later rule applies.
+        assert ip.forward == [_accept(br), *others]
+        built = ip.commands[ip.commands.index(f"ip link add {br} type bridge") :]
+        assert built[:4] == [
+            f"ip link add {br} type bridge",
+            f"ip addr add {network.bridge_address}/24 dev {br}",
+            f"iptables -w -I FORWARD -i {br} -o {br} -j ACCEPT",
+            f"ip link set {br} up",
+        ]
+        before = len(ip.commands)
+    removal = [c for c in ip.commands[before:] if c.startswith("iptables")]
+    assert removal == [
+        "iptables -w -S FORWARD",
+        f"iptables -w -D FORWARD -i {br} -o {br} -j ACCEPT",
+    ]
+    assert ip.forward == others
+    assert not any(" -P " in f" {c} " for c in ip.commands)  # the policy is never touched
 
 
 def test_two_networks_of_one_process_get_different_names() -> None:
@@ -242,6 +297,51 @@ def test_a_failed_setup_removes_what_it_made_and_says_why() -> None:
         pass
     assert ip.links == set()
     assert ip.namespaces == set()
+    assert ip.forward == []
+
+
+def test_a_failed_teardown_can_be_returned_instead_of_raised() -> None:
+    ip = FakeIp()
+    network = NetnsNetwork([1, 2], runner=ip)
+    network.setup()
+    ip.fail_on = f"link del {network.base}h1"
+    errors = network.teardown(raise_errors=False)
+    assert [str(e) for e in errors] == [str(e) for e in network.teardown_errors]
+    assert len(errors) == 1
+    assert f"link del {network.base}h1" in str(errors[0])
+    # Every other removal was still made.
+    assert ip.links == {f"{network.base}h1"}
+    assert ip.namespaces == set()
+    assert ip.forward == []
+    assert network.teardown() == []  # done: nothing is tried twice
+    assert network.teardown_errors == []
+
+
+def test_a_forward_rule_that_cannot_be_deleted_is_one_error_among_the_removals() -> None:
+    ip = FakeIp()
+    network = NetnsNetwork([1], runner=ip)
+    network.setup()
+    ip.fail_on = "-D FORWARD"
+    errors = network.teardown(raise_errors=False)
+    assert len(errors) == 1
+    assert "-D FORWARD" in str(errors[0])
+    assert ip.forward == [_accept(network.bridge)]
+    assert ip.links == set()
+    assert ip.namespaces == set()
+
+
+def test_with_raises_a_failed_teardown_unless_the_body_failed() -> None:
+    ip = FakeIp()
+    with pytest.raises(NetnsError, match="File exists"), NetnsNetwork([1], runner=ip) as network:
+        ip.fail_on = f"link del {network.bridge}"
+    assert network.teardown_errors != []
+    ip = FakeIp()
+    with pytest.raises(KeyError) as raised, NetnsNetwork([1], runner=ip) as network:
+        ip.fail_on = f"link del {network.bridge}"
+        raise KeyError("the run's own failure")
+    notes = getattr(raised.value, "__notes__", [])
+    assert len(notes) == 1
+    assert "removing the network namespaces failed" in notes[0]
 
 
 def _dead_pid() -> int:
@@ -255,10 +355,21 @@ def test_leftovers_of_dead_owners_are_removed_and_nothing_else() -> None:
     dead, alive = _dead_pid(), os.getpid()
     ip.links = {f"phx{dead}abr", f"phx{dead}ah1", f"phx{alive}bbr", "eth0", "phxother"}
     ip.namespaces = {f"phx{dead}a-n1", f"phx{alive}b-n1", "blue"}
-    removed = remove_leftovers(runner=ip, ip="ip")
-    assert removed == sorted([f"phx{dead}abr", f"phx{dead}ah1", f"phx{dead}a-n1"])
+    kept = [_accept(f"phx{alive}bbr"), _accept("docker0"), f"-i phx{dead}abr -j DROP"]
+    ip.forward = [_accept(f"phx{dead}abr"), *kept, _accept(f"phx{dead}cbr")]
+    removed = remove_leftovers(runner=ip, ip="ip", iptables="iptables")
+    assert removed == sorted(
+        [
+            f"phx{dead}abr",
+            f"phx{dead}ah1",
+            f"phx{dead}a-n1",
+            f"FORWARD {_accept(f'phx{dead}abr')}",
+            f"FORWARD {_accept(f'phx{dead}cbr')}",  # its bridge already gone
+        ]
+    )
     assert ip.links == {f"phx{alive}bbr", "eth0", "phxother"}
     assert ip.namespaces == {f"phx{alive}b-n1", "blue"}
+    assert ip.forward == kept
 
 
 # -- real namespaces --------------------------------------------------------------------
@@ -274,6 +385,16 @@ def _ours() -> set[str]:
 
 def _sh(*argv: str) -> str:
     return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=10).stdout
+
+
+def _forward() -> list[str]:
+    """The root namespace's FORWARD rules, as ``iptables -S`` prints them."""
+    return _sh("iptables", "-w", "-S", "FORWARD").splitlines()
+
+
+def _bridged_packets_see_iptables() -> bool:
+    path = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+    return path.exists() and path.read_text().strip() == "1"
 
 
 def _connects(argv_prefix: list[str], host: str, port: int) -> bool:
@@ -319,6 +440,22 @@ def test_drop_rules_cut_two_namespaces_and_heal_restores_them(
         _wait_listening(host, port)  # from the root namespace, through the bridge
         from_1 = network.wrap(1, [])
         assert _connects(from_1, host, port)
+        # The bridge's ACCEPT comes first in FORWARD: a DROP after it (here one of this
+        # test's, for this bridge only; the host's policy is left alone) changes nothing.
+        accept = f"-A FORWARD {' '.join(netns.forward_rule(network.bridge))}"
+        assert _forward()[1] == accept  # after "-P FORWARD ..."
+        drop = ["-i", network.bridge, "-o", network.bridge, "-j", "DROP"]
+        _sh("iptables", "-w", "-A", "FORWARD", *drop)
+        try:
+            assert _connects(from_1, host, port)
+            if _bridged_packets_see_iptables():  # otherwise FORWARD never sees them
+                _sh("iptables", "-w", "-D", "FORWARD", *netns.forward_rule(network.bridge))
+                try:
+                    assert not _connects(from_1, host, port)
+                finally:
+                    _sh("iptables", "-w", "-I", "FORWARD", *netns.forward_rule(network.bridge))
+        finally:
+            _sh("iptables", "-w", "-D", "FORWARD", *drop)
         network.partition({1: [2], 2: [1]})
         assert len(network.rules(1)) == 2
         assert not _connects(from_1, host, port)
@@ -329,6 +466,7 @@ def test_drop_rules_cut_two_namespaces_and_heal_restores_them(
         listener[0].kill()
         listener[0].wait(timeout=5)
     assert _ours() == set()
+    assert not any(network.bridge in rule for rule in _forward())
 
 
 @needs_netns
@@ -337,16 +475,27 @@ def test_leftovers_of_a_dead_owner_are_removed_for_real() -> None:
     names = [f"phx{dead}zbr", f"phx{dead}z-n1"]
     _sh("ip", "link", "add", names[0], "type", "bridge")
     _sh("ip", "netns", "add", names[1])
-    assert sorted(names) == [n for n in remove_leftovers() if n in names]
+    _sh("iptables", "-w", "-I", "FORWARD", *netns.forward_rule(names[0]))
+    rule = " ".join(["FORWARD", *netns.forward_rule(names[0])])
+    assert sorted([*names, rule]) == [n for n in remove_leftovers() if n in [*names, rule]]
     links = _sh("ip", "-j", "link", "show")
     assert names[0] not in links
     assert names[1] not in _sh("ip", "netns", "list")
+    assert not any(names[0] in line for line in _forward())
 
 
 @needs_netns
 def test_a_partition_run_on_namespaces_is_valid_and_leaves_nothing_behind(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    during: list[list[str]] = []
+    setup = NetnsNetwork.setup
+
+    def setup_and_look(network: NetnsNetwork) -> None:
+        setup(network)
+        during.append(_forward())
+
+    monkeypatch.setattr(NetnsNetwork, "setup", setup_and_look)
     options = RunOptions(
         nodes=3,
         workload="register",
@@ -362,6 +511,10 @@ def test_a_partition_run_on_namespaces_is_valid_and_leaves_nothing_behind(
     )
     result = run_chaos(options, tmp_path)
     assert result.verdict is Verdict.VALID, result.checker.results
+    # While it ran, its bridge's ACCEPT was the first FORWARD rule; afterwards it is gone.
+    assert len(during) == 1
+    assert re.fullmatch(rf"-A FORWARD -i (phx{os.getpid()}[a-z]br) -o \1 -j ACCEPT", during[0][1])
+    assert not any(f"phx{os.getpid()}" in rule for rule in _forward())
     assert result.counts["ok"] > 0
     assert "--netns" in result.command
     starts = [op for op in read_jsonl(tmp_path / "nemesis.jsonl") if op.f == "start-partition"]

@@ -9,13 +9,23 @@ node's own transport. As root it builds, in :meth:`~NetnsNetwork.__enter__`:
   ``/24`` (:func:`plan_subnet`: ``10.200.0.0/24`` and up, one that no route or address of
   this machine overlaps);
 * per member ``i``: a namespace ``<base>-n<i>`` with ``lo`` up, a veth pair ``<base>h<i>``
-  (on the bridge) / ``<base>n<i>`` (inside the namespace) and the address ``.<10 + i>``.
+  (on the bridge) / ``<base>n<i>`` (inside the namespace) and the address ``.<10 + i>``;
+* one rule in the root namespace's ``FORWARD`` chain, first in it, that accepts what the
+  bridge forwards between its own ports (:func:`forward_rule`). With
+  ``bridge-nf-call-iptables`` set, bridged packets traverse that chain, and a host whose
+  policy there is ``DROP`` (as Docker leaves it) would otherwise cut every member off.
+  The host's policy and its other rules are left alone.
 
 ``<base>`` is ``phx<pid><letter>``: the owner's pid, and a letter per network the process
-holds at a time. :meth:`~NetnsNetwork.__exit__` removes all of it whatever happened (the
-iptables rules live in the namespaces and go with them); :func:`remove_leftovers` removes
-what runs whose owner has died left behind (``python -m phalanx.chaos.netns cleanup``), and
-each new network calls it first.
+holds at a time. :meth:`~NetnsNetwork.teardown` (and so ``with``) removes all of it
+whatever happened (the partition rules live in the namespaces and go with them; the
+``FORWARD`` rule names the bridge and is deleted by that name); :func:`remove_leftovers`
+removes what runs whose owner has died left behind (``python -m phalanx.chaos.netns
+cleanup``), and each new network calls it first.
+
+A removal that fails must not throw away a run that otherwise finished:
+``teardown(raise_errors=False)`` tries every removal and returns the failures (also kept in
+:attr:`~NetnsNetwork.teardown_errors`) instead of raising the first.
 
 The runner stays in the root namespace and reaches the members' client ports through the
 bridge; :meth:`~NetnsNetwork.wrap` puts a member's command in its namespace
@@ -59,6 +69,7 @@ __all__ = [
     "NetnsNetwork",
     "NetnsUnavailable",
     "check_environment",
+    "forward_rule",
     "heal_argv",
     "node_address",
     "partition_argv",
@@ -86,6 +97,7 @@ _STDERR_CHARS_MAX: Final = 2_000
 
 _NAMESPACE_RE: Final = re.compile(rf"^{PREFIX}(\d+)([a-z])-n\d+$")
 _LINK_RE: Final = re.compile(rf"^{PREFIX}(\d+)([a-z])(?:br|h\d+|n\d+)$")
+_BRIDGE_RE: Final = re.compile(rf"^{PREFIX}(\d+)([a-z])br$")
 
 Runner = Callable[[Sequence[str]], str]
 
@@ -186,6 +198,27 @@ def partition_argv(
     return commands
 
 
+def forward_rule(bridge: str) -> list[str]:
+    """The ``FORWARD`` rule (without chain command) that accepts what ``bridge`` forwards
+    between its own ports, as ``iptables -S`` prints it after ``-A FORWARD``."""
+    return ["-i", bridge, "-o", bridge, "-j", "ACCEPT"]
+
+
+def _forward_bridges(listed: str) -> list[str]:
+    """The bridges named by rules of :func:`forward_rule`'s form in ``iptables -S FORWARD``
+    output, once per rule (a rule inserted twice is listed twice)."""
+    bridges: list[str] = []
+    for line in listed.splitlines():
+        words = line.split()
+        if (
+            len(words) == 8
+            and words[:2] == ["-A", "FORWARD"]
+            and words[2:] == forward_rule(words[3])
+        ):
+            bridges.append(words[3])
+    return bridges
+
+
 def heal_argv(
     namespaces: Iterable[str], *, ip: str = "ip", iptables: str = "iptables"
 ) -> list[list[str]]:
@@ -242,6 +275,8 @@ class NetnsNetwork:
         self.addresses = {i: node_address(self.subnet, i) for i in self.ids}
         self.created = False
         self.partitions = 0
+        #: What the last :meth:`teardown` failed to remove, one error per failure.
+        self.teardown_errors: list[NetnsError] = []
 
     # -- naming -------------------------------------------------------------------------
 
@@ -277,14 +312,18 @@ class NetnsNetwork:
     # -- building and tearing down ------------------------------------------------------
 
     def setup(self) -> None:
-        """Create the bridge, namespaces and veths (on any error, remove what was made)."""
-        remove_leftovers(runner=self._run, ip=self.ip)
-        self._remove_own()  # a dead process with our pid and letter may have left them
+        """Create the bridge, its ``FORWARD`` rule, the namespaces and veths (on any error,
+        remove what was made, then raise)."""
+        remove_leftovers(runner=self._run, ip=self.ip, iptables=self.iptables)
+        # A dead process with our pid and letter may have left them.
+        _raise_first(self._remove_own())
         ip = self.ip
         self.created = True
+        self.teardown_errors = []
         try:
             self._run([ip, "link", "add", self.bridge, "type", "bridge"])
             self._run([ip, "addr", "add", f"{self.bridge_address}/24", "dev", self.bridge])
+            self._run([self.iptables, "-w", "-I", "FORWARD", *forward_rule(self.bridge)])
             self._run([ip, "link", "set", self.bridge, "up"])
             for i in self.ids:
                 ns, host, inner = self.namespaces[i], self._host_veth(i), self._inner_veth(i)
@@ -296,27 +335,39 @@ class NetnsNetwork:
                 self._run([ip, "-n", ns, "link", "set", "lo", "up"])
                 self._run([ip, "-n", ns, "addr", "add", f"{self.addresses[i]}/24", "dev", inner])
                 self._run([ip, "-n", ns, "link", "set", inner, "up"])
-        except BaseException:
-            self.teardown()
+        except BaseException as exc:
+            for error in self.teardown(raise_errors=False):
+                exc.add_note(f"and removing the network namespaces failed: {error}")
             raise
 
-    def teardown(self) -> None:
-        """Remove the veths, namespaces and bridge (those that exist); every removal is
-        tried, then the first failure is raised."""
+    def teardown(self, *, raise_errors: bool = True) -> list[NetnsError]:
+        """Remove the ``FORWARD`` rule, the veths, namespaces and bridge (those that
+        exist). Every removal is tried; then the first failure is raised, or with
+        ``raise_errors=False`` all of them are returned (empty: everything was removed).
+        Either way they are kept in :attr:`teardown_errors`. A second call does nothing."""
+        errors: list[NetnsError] = []
         try:
             if self.created:
-                self._remove_own()
+                errors = self._remove_own()
         finally:
             self.created = False
             self._letters_in_use.discard(self._letter)
+            self.teardown_errors = errors
+        if raise_errors:
+            _raise_first(errors)
+        return errors
 
-    def _remove_own(self) -> None:
-        _remove(
-            self._run,
-            self.ip,
-            links=[*(self._host_veth(i) for i in self.ids), self.bridge],
-            namespaces=list(self.namespaces.values()),
-        )
+    def _remove_own(self) -> list[NetnsError]:
+        _, errors = _remove_forward_rules(self._run, self.iptables, {self.bridge}.__contains__)
+        return [
+            *errors,
+            *_remove(
+                self._run,
+                self.ip,
+                links=[*(self._host_veth(i) for i in self.ids), self.bridge],
+                namespaces=list(self.namespaces.values()),
+            ),
+        ]
 
     def __enter__(self) -> NetnsNetwork:
         self.setup()
@@ -328,11 +379,11 @@ class NetnsNetwork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        try:
-            self.teardown()
-        except NetnsError as error:
-            if exc is None:
-                raise
+        errors = self.teardown(raise_errors=False)
+        if exc is None:
+            _raise_first(errors)
+            return
+        for error in errors:
             exc.add_note(f"and removing the network namespaces failed: {error}")
 
     # -- faults -------------------------------------------------------------------------
@@ -367,8 +418,19 @@ def _existing(run: Runner, ip: str) -> tuple[set[str], set[str]]:
     return links, namespaces
 
 
-def _remove(run: Runner, ip: str, *, links: Sequence[str], namespaces: Sequence[str]) -> None:
-    existing_links, existing_namespaces = _existing(run, ip)
+def _raise_first(errors: Sequence[NetnsError]) -> None:
+    if errors:
+        raise errors[0]
+
+
+def _remove(
+    run: Runner, ip: str, *, links: Sequence[str], namespaces: Sequence[str]
+) -> list[NetnsError]:
+    """Delete those of ``links`` and ``namespaces`` that exist; the failures."""
+    try:
+        existing_links, existing_namespaces = _existing(run, ip)
+    except NetnsError as exc:
+        return [exc]
     errors: list[NetnsError] = []
     commands = [
         *([ip, "link", "del", name] for name in links if name in existing_links),
@@ -379,8 +441,28 @@ def _remove(run: Runner, ip: str, *, links: Sequence[str], namespaces: Sequence[
             run(argv)
         except NetnsError as exc:
             errors.append(exc)
-    if errors:
-        raise errors[0]
+    return errors
+
+
+def _remove_forward_rules(
+    run: Runner, iptables: str, chosen: Callable[[str], bool]
+) -> tuple[list[str], list[NetnsError]]:
+    """Delete every :func:`forward_rule` of the root namespace whose bridge is ``chosen``
+    (as often as it is there); the bridges whose rule was deleted, and the failures."""
+    try:
+        listed = _forward_bridges(run([iptables, "-w", "-S", "FORWARD"]))
+    except NetnsError as exc:
+        return [], [exc]
+    removed: list[str] = []
+    errors: list[NetnsError] = []
+    for bridge in filter(chosen, listed):
+        try:
+            run([iptables, "-w", "-D", "FORWARD", *forward_rule(bridge)])
+        except NetnsError as exc:
+            errors.append(exc)
+        else:
+            removed.append(bridge)
+    return removed, errors
 
 
 def _owner_alive(pid: int) -> bool:
@@ -393,11 +475,15 @@ def _owner_alive(pid: int) -> bool:
     return True
 
 
-def remove_leftovers(*, runner: Runner | None = None, ip: str | None = None) -> list[str]:
-    """Remove the namespaces and links named by this module whose owner process is dead;
-    their names, sorted."""
+def remove_leftovers(
+    *, runner: Runner | None = None, ip: str | None = None, iptables: str | None = None
+) -> list[str]:
+    """Remove the namespaces, links and ``FORWARD`` rules named by this module whose owner
+    process is dead; what was removed, sorted (a rule as ``FORWARD <its spec>``). Every
+    removal is tried, then the first failure is raised."""
     run = runner or run_command
     ip = ip or shutil.which("ip") or "ip"
+    iptables = iptables or shutil.which("iptables") or "iptables"
     links, namespaces = _existing(run, ip)
 
     def dead(name: str, pattern: re.Pattern[str]) -> bool:
@@ -406,9 +492,12 @@ def remove_leftovers(*, runner: Runner | None = None, ip: str | None = None) -> 
 
     stale_links = sorted(n for n in links if dead(n, _LINK_RE))
     stale_namespaces = sorted(n for n in namespaces if dead(n, _NAMESPACE_RE))
+    stale_rules, errors = _remove_forward_rules(run, iptables, lambda b: dead(b, _BRIDGE_RE))
     # The veths inside a namespace go with it; the host ends and bridges are listed here.
-    _remove(run, ip, links=stale_links, namespaces=stale_namespaces)
-    return sorted([*stale_links, *stale_namespaces])
+    errors += _remove(run, ip, links=stale_links, namespaces=stale_namespaces)
+    _raise_first(errors)
+    rules = [" ".join(["FORWARD", *forward_rule(b)]) for b in stale_rules]
+    return sorted([*stale_links, *stale_namespaces, *rules])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
