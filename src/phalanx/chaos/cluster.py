@@ -131,6 +131,9 @@ class ChaosCluster:
         self.seed = seed
         #: The members' namespaces (``netns``), or None: all of them on loopback.
         self.network = NetnsNetwork(self.slots) if netns else None
+        #: Why removing the network namespaces failed after a body that raised nothing
+        #: (empty: nothing failed, or no ``netns``); the runner records it in its result.
+        self.teardown_errors: list[str] = []
         hosts = {i: self.network.address(i) if self.network else HOST for i in self.slots}
         ports = _free_ports(4 * len(self.slots) + 1)
         self.peer = {i: (hosts[i], ports[4 * k]) for k, i in enumerate(self.slots)}
@@ -337,7 +340,12 @@ class ChaosCluster:
     ) -> None:
         self.stop_all()
         if self.network is not None:
-            self.network.__exit__(exc_type, exc, tb)
+            errors = self.network.teardown(raise_errors=False)
+            if exc is not None:
+                for error in errors:
+                    exc.add_note(f"and removing the network namespaces failed: {error}")
+            else:
+                self.teardown_errors = [str(error) for error in errors]
 
     # -- status and faults --------------------------------------------------------------------
 

@@ -294,6 +294,9 @@ async def _drive(options: RunOptions, root: Path, workload: Workload) -> _Run:
         except PhalanxError as exc:
             error = f"after the heal: {exc}"
         await _final(options, cluster, workload, recorder, 10 * options.concurrency)
+    if cluster.teardown_errors:
+        removal = "removing the network namespaces failed: " + "; ".join(cluster.teardown_errors)
+        error = removal if error is None else f"{error}; {removal}"
     return _Run(
         ops=recorder.operations(),
         fault_ops=faults_recorder.operations(),
