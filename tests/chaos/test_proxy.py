@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from chaos.test_proxy_support import WAIT_S, connect, read_to_eof, upstream_server, wait_for
+from chaos.test_toxics import SteppedClock
 from phalanx.chaos import proxy as proxy_module
 from phalanx.chaos.proxy import Proxy, ProxyConfig, ProxyNotFound, ProxyServer, ProxyUpdate
 from phalanx.chaos.proxy_link import reset_transport
@@ -240,6 +241,58 @@ async def test_slicer_splits_the_stream_without_changing_it() -> None:
         # At least one 1 ms pause between slices of at most 150 bytes.
         assert len(clock.sleeps_s) >= len(payload) // 150 - 1
         assert clock.sleeps_s == pytest.approx([0.001] * len(clock.sleeps_s))
+
+
+async def test_removing_a_bandwidth_toxic_passes_held_data_on_at_once() -> None:
+    clock = SteppedClock()
+    async with ProxyServer(clock=clock) as server, upstream_server() as upstream:
+        proxy = await make(server, upstream.address)
+        proxy.add_toxic(ToxicSpec(type="bandwidth", attributes={"rate": 4}))  # 16.4 s for 64 KiB
+        payload = bytes(range(256)) * 256
+        async with connect(proxy.listen) as (reader, writer):
+            writer.write(payload)
+            await writer.drain()
+            await wait_for(lambda: len(clock.sleeps_s) == 1, "the echo waiting in bandwidth")
+            clock.advance(0.5)
+            proxy.remove_toxic("bandwidth_downstream")
+            async with asyncio.timeout(WAIT_S):
+                assert await reader.readexactly(len(payload)) == payload
+        assert clock.now_s() == 0.5
+
+
+async def test_a_reset_passes_a_chunk_held_by_latency_on_at_once() -> None:
+    clock = SteppedClock()
+    async with ProxyServer(clock=clock) as server, upstream_server() as upstream:
+        proxy = await make(server, upstream.address)
+        proxy.add_toxic(ToxicSpec(type="latency", attributes={"latency": 10_000}))
+        async with connect(proxy.listen) as (reader, writer):
+            writer.write(b"ping")
+            await writer.drain()
+            await wait_for(lambda: clock.sleeps_s == [10.0], "the echo waiting in latency")
+            clock.advance(0.5)
+            await server.reset()  # what the nemesis does when a fault window closes
+            async with asyncio.timeout(WAIT_S):
+                assert await reader.readexactly(4) == b"ping"
+        assert clock.now_s() == 0.5
+
+
+async def test_slow_close_delays_the_close_of_a_limit_data_before_it() -> None:
+    clock = SteppedClock()
+    async with ProxyServer(clock=clock) as server, upstream_server() as upstream:
+        proxy = await make(server, upstream.address)
+        proxy.add_toxic(ToxicSpec(type="limit_data", attributes={"bytes": 10}))
+        proxy.add_toxic(ToxicSpec(type="slow_close", attributes={"delay": 2000}))
+        async with connect(proxy.listen) as (reader, writer):
+            writer.write(b"0123456789abcdefghij")
+            await writer.drain()
+            await wait_for(lambda: clock.sleeps_s == [2.0], "the close waiting in slow_close")
+            async with asyncio.timeout(WAIT_S):
+                assert await reader.readexactly(10) == b"0123456789"
+            assert not reader.at_eof()
+            clock.advance(2.0)
+            assert await read_to_eof(reader) == b""
+        await wait_for(lambda: proxy.statistics().connections_cut == 1, "counted as a cut")
+        assert proxy.statistics().connections_reset == 0
 
 
 async def test_a_client_reset_reaches_the_upstream(proxies: ProxyServer) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from chaos.test_toxics import SteppedClock, settle
 from phalanx.chaos.proxy_link import BUFFERED_BYTES_MAX, Pipe, ProxyStatistics, Side
 from phalanx.chaos.toxics import READ_CHUNK_BYTES_MAX, Stream, StreamCut, ToxicSpec, validate_toxic
 from phalanx.clock import ManualClock
@@ -174,3 +175,92 @@ async def test_a_reset_by_the_source_is_passed_on_as_a_reset() -> None:
         async with asyncio.timeout(WAIT_S):
             await pipe.run()
     assert cut.value.reset
+
+
+# -- toxic changes reach a chunk already waiting, and closes go through later toxics --------
+
+
+def latency_ms(milliseconds: int) -> ToxicSpec:
+    return validate_toxic(
+        ToxicSpec(type="latency", stream="upstream", attributes={"latency": milliseconds})
+    )
+
+
+def change(toxics: Toxics, pipe: Pipe, *specs: ToxicSpec) -> None:
+    """What the proxy does on a change: new toxics, a new revision, every pipe poked."""
+    toxics.specs = [validate_toxic(s) for s in specs]
+    toxics.revision += 1
+    pipe.poke()
+
+
+async def test_removing_a_toxic_passes_on_the_chunk_waiting_in_it_through_the_rest() -> None:
+    clock = SteppedClock()
+    slicer = ToxicSpec(type="slicer", stream="upstream", attributes={"average_size": 2})
+    toxics = Toxics(latency_ms(10_000), slicer)
+    pipe, _source, dest = pipe_of(toxics, clock)
+    task = asyncio.create_task(pipe.run())
+    pipe.feed(b"abcdef")
+    await settle(lambda: clock.sleeps_s == [10.0], "waiting in the latency")
+    clock.advance(0.5)
+    change(toxics, pipe, slicer)
+    await settle(lambda: len(dest.written) == 3, "passed on")
+    assert dest.written == [b"ab", b"cd", b"ef"]  # the slicer after it still applies
+    assert clock.now_s() == 0.5
+    pipe.feed_eof()
+    async with asyncio.timeout(WAIT_S):
+        await task
+
+
+async def test_an_update_re_evaluates_a_waiting_chunk_from_the_time_it_was_read() -> None:
+    clock = SteppedClock()
+    toxics = Toxics(latency_ms(10_000))
+    pipe, _source, dest = pipe_of(toxics, clock)
+    task = asyncio.create_task(pipe.run())
+    pipe.feed(b"x")
+    await settle(lambda: clock.sleeps_s == [10.0], "waiting in the latency")
+    clock.advance(0.5)
+    change(toxics, pipe, latency_ms(2_000))
+    await settle(lambda: len(clock.sleeps_s) == 2, "waiting in the new latency")
+    assert clock.sleeps_s == pytest.approx([10.0, 1.5])  # 2 s after it was read, at 0
+    assert dest.written == []
+    clock.advance(1.5)
+    await settle(lambda: dest.written == [b"x"], "passed on")
+    change(toxics, pipe, latency_ms(100))
+    pipe.feed(b"y")
+    await settle(lambda: len(clock.sleeps_s) == 3, "waiting again")
+    change(toxics, pipe, latency_ms(0))  # already due: passed on with no further wait
+    await settle(lambda: dest.written == [b"x", b"y"], "passed on")
+    assert len(clock.sleeps_s) == 3
+    pipe.feed_eof()
+    async with asyncio.timeout(WAIT_S):
+        await task
+
+
+async def test_a_limit_data_close_goes_through_a_slow_close_after_it() -> None:
+    clock = SteppedClock()
+    limit = ToxicSpec(type="limit_data", stream="upstream", attributes={"bytes": 10})
+    slow = ToxicSpec(type="slow_close", stream="upstream", attributes={"delay": 2000})
+    pipe, _source, dest = pipe_of(Toxics(limit, slow), clock)
+    task = asyncio.create_task(pipe.run())
+    pipe.feed(b"0123456789abcdefghij")
+    await settle(lambda: clock.sleeps_s == [2.0], "the close waiting in the slow_close")
+    assert b"".join(dest.written) == b"0123456789"
+    assert not task.done()
+    clock.advance(2.0)
+    with pytest.raises(StreamCut) as cut:
+        async with asyncio.timeout(WAIT_S):
+            await task
+    assert not cut.value.reset
+
+
+async def test_a_reset_does_not_wait_for_a_slow_close() -> None:
+    clock = SteppedClock()
+    reset = ToxicSpec(type="reset_peer", stream="upstream")
+    slow = ToxicSpec(type="slow_close", stream="upstream", attributes={"delay": 2000})
+    pipe, _source, _dest = pipe_of(Toxics(reset, slow), clock)
+    pipe.feed(b"x")
+    with pytest.raises(StreamCut) as cut:
+        async with asyncio.timeout(WAIT_S):
+            await pipe.run()
+    assert cut.value.reset
+    assert clock.sleeps_s == []

@@ -5,7 +5,9 @@ Every timing check reads the waits recorded by a ManualClock; nothing is timed.
 
 from __future__ import annotations
 
+import asyncio
 import random
+from collections.abc import Callable
 
 import pytest
 
@@ -45,6 +47,40 @@ class Sink:
     @property
     def data(self) -> bytes:
         return b"".join(c.data for c in self.chunks)
+
+
+class SteppedClock(ManualClock):
+    """A ManualClock whose waits last: ``asleep`` records the wait, then returns only once
+    :meth:`advance` has moved time to its end (or the sleeper is cancelled)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sleepers: list[asyncio.Future[None]] = []
+
+    async def asleep(self, seconds: float) -> None:
+        self.sleeps_s.append(seconds)
+        due_s = self.now_s() + max(seconds, 0.0)
+        while self.now_s() < due_s:
+            woken = asyncio.get_running_loop().create_future()
+            self._sleepers.append(woken)
+            await woken
+
+    def advance(self, seconds: float) -> float:
+        now_s = super().advance(seconds)
+        sleepers, self._sleepers = self._sleepers, []
+        for woken in sleepers:
+            if not woken.done():
+                woken.set_result(None)
+        return now_s
+
+
+async def settle(condition: Callable[[], bool], what: str) -> None:
+    """Let the other tasks run until ``condition()`` holds (a bounded number of steps)."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"never happened: {what}")
 
 
 # -- validation -----------------------------------------------------------------------------
@@ -258,5 +294,79 @@ async def test_slow_close_waits_before_the_close() -> None:
     sink = Sink(clock)
     await slow.on_data(Chunk(b"data", 0.0), sink)
     assert clock.sleeps_s == []  # data is not delayed
-    await slow.on_close()
+    await slow.on_close(clock.now_s())
     assert clock.sleeps_s == pytest.approx([1.5])
+
+
+# -- retired toxics (removed, or replaced by an update) -------------------------------------
+
+
+async def test_a_retired_latency_passes_the_waiting_chunk_on_at_once_unchanged() -> None:
+    clock = SteppedClock()
+    latency = toxic("latency", clock, latency=10_000)
+    sink = Sink(clock)
+    held = asyncio.create_task(latency.on_data(Chunk(b"late", 0.0), sink))
+    await settle(lambda: clock.sleeps_s == [10.0], "waiting in the latency")
+    clock.advance(0.5)
+    latency.retire(())
+    await settle(held.done, "passed on")
+    await held
+    assert sink.data == b"late"
+    assert sink.at_s == [0.5]
+    # Unchanged: a replacement counts its own latency from the time the chunk was read.
+    assert sink.chunks[0].ready_s == 0.0
+    await latency.on_data(Chunk(b"next", 0.5), sink)  # retired: no more waits
+    assert clock.sleeps_s == [10.0]
+
+
+async def test_a_retired_bandwidth_passes_the_rest_of_the_chunk_at_once() -> None:
+    clock = SteppedClock()
+    bandwidth = toxic("bandwidth", clock, rate=4)  # 4,000 bytes/s, 16.4 s for 64 KiB
+    sink = Sink(clock)
+    data = bytes(range(256)) * 256
+    held = asyncio.create_task(bandwidth.on_data(Chunk(data, 0.0), sink))
+    await settle(lambda: len(clock.sleeps_s) == 1, "waiting in the bandwidth")
+    clock.advance(0.5)
+    await settle(lambda: len(clock.sleeps_s) == 2, "waiting for its second slice")
+    bandwidth.retire(())
+    await settle(held.done, "passed on")
+    await held
+    assert sink.data == data
+    assert sink.at_s[-1] == 0.5
+    assert len(sink.chunks[-1].data) > len(data) // 2  # the rest, as one piece
+
+
+async def test_a_retired_slicer_passes_the_rest_of_the_chunk_at_once() -> None:
+    clock = SteppedClock()
+    slicer = toxic("slicer", clock, average_size=4, delay=10_000_000)  # 10 s between pieces
+    sink = Sink(clock)
+    held = asyncio.create_task(slicer.on_data(Chunk(b"0123456789", 0.0), sink))
+    await settle(lambda: clock.sleeps_s == [10.0], "waiting between two pieces")
+    slicer.retire(())
+    await settle(held.done, "passed on")
+    await held
+    assert [c.data for c in sink.chunks] == [b"0123", b"456789"]
+    assert clock.now_s() == 0.0
+
+
+async def test_a_retired_slow_close_lets_the_close_pass_at_once() -> None:
+    clock = SteppedClock()
+    slow = toxic("slow_close", clock, delay=2000)
+    closing = asyncio.create_task(slow.on_close(0.0))
+    await settle(lambda: clock.sleeps_s == [2.0], "waiting in the slow_close")
+    assert not closing.done()
+    slow.retire(())
+    await settle(closing.done, "the close passed on")
+    await closing
+    assert clock.now_s() == 0.0
+
+
+async def test_a_cancelled_wait_leaves_no_sleep_behind() -> None:
+    clock = SteppedClock()
+    latency = toxic("latency", clock, latency=10_000)
+    held = asyncio.create_task(latency.on_data(Chunk(b"x", 0.0), Sink(clock)))
+    await settle(lambda: clock.sleeps_s == [10.0], "waiting in the latency")
+    held.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await held
+    assert asyncio.all_tasks() == {asyncio.current_task()}  # the clock's sleep ended too

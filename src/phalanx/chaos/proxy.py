@@ -10,7 +10,8 @@ disabling closes them all, which is how a link is cut.
 ``listen`` with port 0 binds a free port; from then on the proxy reports, and keeps, the
 bound address, so disabling and enabling it again reopens the same port. Changing
 ``listen`` or ``upstream`` restarts the proxy (open connections are closed, as in
-Toxiproxy). Toxic changes reach open connections from their next chunk on.
+Toxiproxy). Toxic changes reach open connections at once: a chunk held by a toxic that is
+removed (or updated) passes on without waiting for it (or waits as the update says).
 
 Errors (the tree of :mod:`phalanx.errors`): :class:`~phalanx.errors.BadRequest` for an
 invalid name, address, toxic or update; :class:`ProxyNotFound` for an unknown proxy or

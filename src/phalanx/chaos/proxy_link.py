@@ -9,16 +9,22 @@ A side hands what it reads to its pipe as :class:`~phalanx.chaos.toxics.Chunk` s
 ``READ_CHUNK_BYTES_MAX``; the pipe stops reading from that side while more than
 ``BUFFERED_BYTES_MAX`` wait (backpressure up to the sender) and waits for the destination
 to drain after each write (backpressure from the receiver). The pipe's task takes chunks in
-order and passes each through the toxics of its direction; it rebuilds that chain whenever
-the proxy's toxics change (:class:`ToxicSource` ``revision``), keeping the state of toxics
-that did not change, so a change reaches open connections from their next chunk on. While
-idle it also wakes at the earliest toxic deadline (``timeout``, ``reset_peer``).
+order and passes each through the toxics of its direction. It rebuilds that chain as soon
+as it is poked after the proxy's toxics change (:class:`ToxicSource` ``revision``), keeping
+the toxics that did not change (and their state). A toxic that left the chain, removed or
+replaced by an update, is retired: a chunk it holds passes on at once to the toxics that
+now follow its place (an updated toxic's replacement among them, which re-evaluates it),
+so a change reaches even a chunk already waiting. Each toxic passes its output to whatever
+follows it in the chain at that moment. While idle the pipe also wakes at the earliest
+toxic deadline (``timeout``, ``reset_peer``).
 
 A close of one side (FIN) is passed on as a half-close of the other, after the toxics'
 ``on_close`` (``slow_close``); the link ends when both directions are closed, when a side
-is gone, or when a toxic cuts it (:class:`~phalanx.chaos.toxics.StreamCut`): then both
-sockets are closed, or reset (RST, ``SO_LINGER`` 0) for ``reset_peer`` or when a peer
-reset its own socket.
+is gone, or when a toxic cuts it (:class:`~phalanx.chaos.toxics.StreamCut`). A cut that
+closes (``limit_data``, ``timeout``) first passes its close through the toxics after the
+one that cut, as a close of the source would; then both sockets are closed. A reset
+(``reset_peer``, or a peer that reset its own socket) resets both at once (RST,
+``SO_LINGER`` 0).
 """
 
 from __future__ import annotations
@@ -215,6 +221,9 @@ class Pipe:
         self._wakeup = asyncio.Event()
         self._revision: int | None = None
         self._toxics: dict[str, tuple[ToxicSpec, Toxic | None]] = {}
+        # The toxics' names in chain order, and each toxic or None (toxicity said no).
+        self._names: list[str] = []
+        self._places: list[Toxic | None] = []
         self.chain: list[Toxic] = []
 
     # -- called by the source side ---------------------------------------------------------
@@ -234,7 +243,11 @@ class Pipe:
         self._wakeup.set()
 
     def poke(self) -> None:
-        """Look again at the toxics and the destination (they changed)."""
+        """Look again at the toxics and the destination (they changed).
+
+        A change of toxics applies at once: toxics that left retire now, ending their waits.
+        """
+        self._refresh_chain()
         self._wakeup.set()
 
     # -- the task ---------------------------------------------------------------------------
@@ -242,18 +255,24 @@ class Pipe:
     async def run(self) -> None:
         """Pass chunks on until the source's close has been passed on or ``dest`` is gone.
 
-        Raises :class:`StreamCut` when a toxic (or a reset by the source's peer) ends the link.
+        Raises :class:`StreamCut` when a toxic (or a reset by the source's peer) ends the link;
+        a toxic's close has passed through the toxics after it by then.
         """
-        while not self.dest.lost:
-            self._refresh_chain()
-            self._expire_due()
-            if self._buffer:
-                await self._pass_one()
-            elif self._eof:
-                await self._pass_close()
-                return
-            else:
-                await self._wait()
+        try:
+            while not self.dest.lost:
+                self._refresh_chain()
+                self._expire_due()
+                if self._buffer:
+                    await self._pass_one()
+                elif self._eof:
+                    await self._pass_close()
+                    return
+                else:
+                    await self._wait()
+        except StreamCut as cut:
+            if not cut.reset and cut.toxic is not None:
+                await self._close_through(cut.toxic)
+            raise
 
     async def _pass_one(self) -> None:
         chunk = self._buffer.popleft()
@@ -265,17 +284,39 @@ class Pipe:
             self._statistics.bytes_in_upstream += len(chunk.data)
         else:
             self._statistics.bytes_in_downstream += len(chunk.data)
-        chain = self.chain
-        if chain:
-            await self._through(chain, 0, chunk)
+        if self.chain:
+            await self._emit_after(None, chunk)
         else:
             await self._write(chunk)
 
-    async def _through(self, chain: list[Toxic], index: int, chunk: Chunk) -> None:
-        if index == len(chain):
+    def _next_toxic(self, after: Toxic | None) -> Toxic | None:
+        """The toxic that now takes what ``after`` passes on (``None`` after: the first one;
+        ``None`` returned: the destination).
+
+        A retired toxic's output goes to the toxics after the last of those that preceded
+        it, which puts an updated toxic's replacement next.
+        """
+        if after is None:
+            start = 0
+        elif not after.retired:
+            start = self._names.index(after.spec.name) + 1
+        else:
+            before = set(after.names_before)
+            start = 0
+            for index, name in enumerate(self._names):
+                if name in before:
+                    start = index + 1
+        for toxic in self._places[start:]:
+            if toxic is not None:
+                return toxic
+        return None
+
+    async def _emit_after(self, after: Toxic | None, chunk: Chunk) -> None:
+        toxic = self._next_toxic(after)
+        if toxic is None:
             await self._write(chunk)
         else:
-            await chain[index].on_data(chunk, functools.partial(self._through, chain, index + 1))
+            await toxic.on_data(chunk, functools.partial(self._emit_after, toxic))
 
     async def _write(self, chunk: Chunk) -> None:
         transport = self.dest.transport
@@ -291,11 +332,24 @@ class Pipe:
     async def _pass_close(self) -> None:
         if self.source.reset_by_peer:
             raise StreamCut(f"{self.source.name} reset the connection", reset=True)
-        for toxic in self.chain:
-            await toxic.on_close()
+        await self._close_through(None)
         transport = self.dest.transport
         if transport is not None and not transport.is_closing() and transport.can_write_eof():
             transport.write_eof()
+
+    async def _close_through(self, after: Toxic | None) -> None:
+        """Let each toxic after ``after`` have its say on the close (``slow_close``).
+
+        Each step moves further along the chain; only a change of toxics (a retired toxic's
+        replacement taking its place) makes a step that does not, so the loop ends.
+        """
+        since_s = self._clock.now_s()
+        toxic = self._next_toxic(after)
+        while toxic is not None and not self.dest.lost:
+            await toxic.on_close(since_s)
+            if not toxic.retired:  # else its replacement counts from when the close got here
+                since_s = self._clock.now_s()
+            toxic = self._next_toxic(toxic)
 
     def _refresh_chain(self) -> None:
         revision = self._toxic_source.revision
@@ -309,8 +363,13 @@ class Pipe:
                 kept[spec.name] = old
             else:
                 kept[spec.name] = (spec, make_toxic(spec, self._clock, self._rng))
+        for index, (name, (_spec, toxic)) in enumerate(self._toxics.items()):
+            if toxic is not None and kept.get(name, (None, None))[1] is not toxic:
+                toxic.retire(tuple(self._names[:index]))
         self._toxics = kept
-        self.chain = [toxic for _spec, toxic in kept.values() if toxic is not None]
+        self._names = list(kept)
+        self._places = [toxic for _spec, toxic in kept.values()]
+        self.chain = [toxic for toxic in self._places if toxic is not None]
 
     def _deadline_s(self) -> float | None:
         deadlines = [d for d in (t.deadline_s() for t in self.chain) if d is not None]

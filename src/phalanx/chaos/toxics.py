@@ -16,6 +16,11 @@ passes). Toxics wait only through the injected :class:`~phalanx.clock.Clock` and
 from the injected :class:`random.Random`, so tests check the waits they ask for on a
 :class:`~phalanx.clock.ManualClock` with no wall-clock timing.
 
+A toxic removed from a connection, or replaced by an update, is retired
+(:meth:`Toxic.retire`): a wait it is in ends at once and it passes on what it holds, whole
+and without its effect (``emit`` then leads to whatever now follows its place), so leaving
+never holds data back nor drops it.
+
 =============  =================================  ==============================================
 type           attributes                          effect
 =============  =================================  ==============================================
@@ -33,6 +38,7 @@ limit_data     ``bytes``                           closes once ``bytes`` have pa
 
 from __future__ import annotations
 
+import asyncio
 import random
 import re
 from collections.abc import Awaitable, Callable
@@ -220,20 +226,30 @@ Emit = Callable[[Chunk], Awaitable[None]]
 
 
 class StreamCut(Exception):
-    """A toxic ends the connection: closed (FIN) or, with ``reset``, reset (RST)."""
+    """A toxic ends the connection: closed (FIN) or, with ``reset``, reset (RST).
 
-    def __init__(self, reason: str, *, reset: bool = False) -> None:
+    ``toxic`` is the toxic that cut (``None``: the connection itself, e.g. a peer's reset):
+    a close, unlike a reset, still passes through the toxics after it (``slow_close``).
+    """
+
+    def __init__(self, reason: str, *, reset: bool = False, toxic: Toxic | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.reset = reset
+        self.toxic = toxic
 
 
 class Toxic:
     """One toxic acting on one direction of one connection; the base passes everything on.
 
     ``on_data`` handles one chunk (call ``emit`` for what passes on); ``on_close`` runs
-    when the source closed, before the close is passed on; ``deadline_s`` is when the toxic
-    wants :meth:`expire` called even if no data comes (``None``: never).
+    when the source closed, before the close is passed on (``since_s``: when the close
+    reached this place in the chain); ``deadline_s`` is when the toxic wants :meth:`expire`
+    called even if no data comes (``None``: never).
+
+    Toxics wait only through :meth:`wait_s`, which :meth:`retire` ends early: a retired
+    toxic passes what it holds on at once. ``names_before`` are the names of the toxics that
+    preceded it when it was retired; the pipe uses them to find where its data goes next.
     """
 
     def __init__(self, spec: ToxicSpec, clock: Clock, rng: random.Random) -> None:
@@ -241,12 +257,42 @@ class Toxic:
         self.clock = clock
         self.rng = rng
         self.attributes = spec.attributes
+        self.retired = False
+        self.names_before: tuple[str, ...] = ()
+        self._retired_future: asyncio.Future[None] | None = None
 
     async def on_data(self, chunk: Chunk, emit: Emit) -> None:
         await emit(chunk)
 
-    async def on_close(self) -> None:
+    async def on_close(self, since_s: float) -> None:  # noqa: ARG002 - for those that wait
         return
+
+    def retire(self, names_before: tuple[str, ...]) -> None:
+        """The toxic left the connection's chain: end its wait, if any, and any to come."""
+        self.retired = True
+        self.names_before = names_before
+        if self._retired_future is not None and not self._retired_future.done():
+            self._retired_future.set_result(None)
+
+    async def wait_s(self, seconds: float) -> bool:
+        """Sleep ``seconds`` on the clock unless retired first; whether the toxic still acts.
+
+        Cancellation-safe: the clock's sleep never outlives the call.
+        """
+        if self.retired:
+            return False
+        if seconds <= 0:
+            return True
+        if self._retired_future is None:
+            self._retired_future = asyncio.get_running_loop().create_future()
+        slept = asyncio.ensure_future(self.clock.asleep(seconds))
+        try:
+            await asyncio.wait((slept, self._retired_future), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not slept.done():
+                slept.cancel()
+                await asyncio.gather(slept, return_exceptions=True)
+        return not self.retired
 
     def deadline_s(self) -> float | None:
         return None
@@ -259,7 +305,11 @@ class Toxic:
 
 
 class LatencyToxic(Toxic):
-    """Each chunk waits until ``latency`` +- ``jitter`` ms after it was read."""
+    """Each chunk waits until ``latency`` +- ``jitter`` ms after it was read.
+
+    Retired during the wait, it passes the chunk on unchanged, so a replacement (an update)
+    counts its own latency from the same read time.
+    """
 
     async def on_data(self, chunk: Chunk, emit: Emit) -> None:
         latency_ms = float(self.attributes["latency"])
@@ -267,9 +317,9 @@ class LatencyToxic(Toxic):
         if jitter_ms:
             latency_ms += self.rng.uniform(-jitter_ms, jitter_ms)
         ready_s = chunk.ready_s + max(latency_ms, 0.0) * _MS
-        wait_s = ready_s - self.clock.now_s()
-        if wait_s > 0:
-            await self.clock.asleep(wait_s)
+        if not await self.wait_s(ready_s - self.clock.now_s()):
+            await emit(chunk)
+            return
         await emit(Chunk(chunk.data, ready_s))
 
 
@@ -277,7 +327,8 @@ class BandwidthToxic(Toxic):
     """Passes at most ``rate`` KB/s (1 KB = 1000 bytes), in slices of at most 100 ms.
 
     Each slice waits ``len / rate``; time the clock overslept is taken off the next wait,
-    so the average rate holds even when sleeps run long.
+    so the average rate holds even when sleeps run long. Retired, it passes the rest of the
+    chunk on at once, as one piece.
     """
 
     def __init__(self, spec: ToxicSpec, clock: Clock, rng: random.Random) -> None:
@@ -296,18 +347,19 @@ class BandwidthToxic(Toxic):
             self._owed_s += len(piece) / rate_bytes_per_s
             if self._owed_s > 0:
                 before_s = self.clock.now_s()
-                await self.clock.asleep(self._owed_s)
+                if not await self.wait_s(self._owed_s):
+                    await emit(Chunk(data[start:], chunk.ready_s))
+                    return
                 self._owed_s -= self.clock.now_s() - before_s
             await emit(Chunk(piece, chunk.ready_s))
 
 
 class SlowCloseToxic(Toxic):
-    """When the source closes, waits ``delay`` ms before the close passes on."""
+    """When the source closes, waits until ``delay`` ms after the close reached it before the
+    close passes on (retired, at once)."""
 
-    async def on_close(self) -> None:
-        delay_ms = self.attributes["delay"]
-        if delay_ms > 0:
-            await self.clock.asleep(delay_ms * _MS)
+    async def on_close(self, since_s: float) -> None:
+        await self.wait_s(since_s + self.attributes["delay"] * _MS - self.clock.now_s())
 
 
 class TimeoutToxic(Toxic):
@@ -330,7 +382,7 @@ class TimeoutToxic(Toxic):
         return self._deadline_s
 
     def expire(self) -> None:
-        raise StreamCut(f"timeout toxic {self.spec.name!r}")
+        raise StreamCut(f"timeout toxic {self.spec.name!r}", toxic=self)
 
 
 class ResetPeerToxic(Toxic):
@@ -353,12 +405,13 @@ class ResetPeerToxic(Toxic):
         return self._deadline_s
 
     def expire(self) -> None:
-        raise StreamCut(f"reset_peer toxic {self.spec.name!r}", reset=True)
+        raise StreamCut(f"reset_peer toxic {self.spec.name!r}", reset=True, toxic=self)
 
 
 class SlicerToxic(Toxic):
     """Splits each chunk into pieces of ``average_size`` +- ``size_variation`` bytes (at
-    least 1), waiting ``delay`` µs between two pieces. ``average_size`` 0 passes chunks whole."""
+    least 1), waiting ``delay`` µs between two pieces. ``average_size`` 0 passes chunks whole.
+    Retired, it passes the rest of the chunk on at once, as one piece."""
 
     async def on_data(self, chunk: Chunk, emit: Emit) -> None:
         average = self.attributes["average_size"]
@@ -372,14 +425,16 @@ class SlicerToxic(Toxic):
         while start < len(data):  # bounded: every piece is at least one byte
             size = average + (self.rng.randint(-variation, variation) if variation else 0)
             end = start + max(size, 1)
-            if start > 0 and delay_s > 0:
-                await self.clock.asleep(delay_s)
+            if start > 0 and not await self.wait_s(delay_s):
+                await emit(Chunk(data[start:], chunk.ready_s))
+                return
             await emit(Chunk(data[start:end], chunk.ready_s))
             start = end
 
 
 class LimitDataToxic(Toxic):
-    """Passes ``bytes`` bytes, then closes the connection."""
+    """Passes ``bytes`` bytes, then closes the connection (the close passes through the
+    toxics after it, like a close of the source)."""
 
     def __init__(self, spec: ToxicSpec, clock: Clock, rng: random.Random) -> None:
         super().__init__(spec, clock, rng)
@@ -394,7 +449,9 @@ class LimitDataToxic(Toxic):
         if room > 0:
             self.passed_bytes += room
             await emit(Chunk(chunk.data[:room], chunk.ready_s))
-        raise StreamCut(f"limit_data toxic {self.spec.name!r}: {self.passed_bytes} bytes passed")
+        raise StreamCut(
+            f"limit_data toxic {self.spec.name!r}: {self.passed_bytes} bytes passed", toxic=self
+        )
 
 
 _KINDS: Final[dict[str, type[Toxic]]] = {
