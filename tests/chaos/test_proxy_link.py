@@ -264,3 +264,17 @@ async def test_a_reset_does_not_wait_for_a_slow_close() -> None:
             await pipe.run()
     assert cut.value.reset
     assert clock.sleeps_s == []
+
+
+async def test_a_timeout_close_goes_through_a_slow_close_after_it() -> None:
+    clock = ManualClock()
+    timeout = ToxicSpec(type="timeout", stream="upstream", attributes={"timeout": 100})
+    slow = ToxicSpec(type="slow_close", stream="upstream", attributes={"delay": 2000})
+    pipe, _source, dest = pipe_of(Toxics(timeout, slow), clock)
+    pipe.feed(b"swallowed")
+    with pytest.raises(StreamCut) as cut:
+        async with asyncio.timeout(WAIT_S):
+            await pipe.run()
+    assert not cut.value.reset
+    assert clock.sleeps_s == pytest.approx([0.1, 2.0])
+    assert dest.written == []
