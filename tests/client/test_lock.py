@@ -209,6 +209,32 @@ async def test_a_withdrawal_that_fails_leaves_the_timeout_unknown(
             await holder.release()
 
 
+async def test_a_revoke_that_fails_is_sent_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with cluster(tmp_path) as nodes:
+        await leader_of(nodes)
+        async with AsyncClient([endpoint(n) for n in nodes.values()]) as client:
+            holder = Lock(client, "busy", ttl_s=2.0)
+            await holder.acquire()
+            waiter = Lock(client, "busy", ttl_s=2.0)
+            revoke = client.revoke
+            failures = [Unavailable("a leader change"), Unavailable("the leader is paused")]
+
+            async def flaky(lease_id: int) -> None:
+                if failures:
+                    raise failures.pop(0)
+                await revoke(lease_id)
+
+            monkeypatch.setattr(client, "revoke", flaky)
+            with pytest.raises(NotAcquired):  # withdrawn on the third revoke: confirmed
+                await waiter.acquire(timeout_s=0.3)
+            assert failures == []
+            monkeypatch.undo()
+            assert (await client.range(holder.queue, prefix=True)).count == 1
+            await holder.release()
+
+
 async def test_acquire_timeout_withdraws_the_claim(tmp_path: Path) -> None:
     async with cluster(tmp_path) as nodes:
         await leader_of(nodes)

@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONTENDERS_MAX",
+    "LEAVE_REVOKES_MAX",
     "LOCK_PREFIX",
     "TTL_S_DEFAULT",
     "Claim",
@@ -82,6 +83,11 @@ LOCK_PREFIX: Final = b"/phalanx/lock/"
 TTL_S_DEFAULT: Final = 10.0
 #: Keep-alives sent per TTL: a renewal can fail twice before the lease is at risk.
 KEEP_ALIVES_PER_TTL: Final = 3
+#: Revokes one ``leave`` sends before giving up (the lease then expires within its TTL), and
+#: the pause between two: a leader change or a paused leader fails one, the next may land.
+#: Revoking is idempotent (a lease already gone is done), so a retry is always safe.
+LEAVE_REVOKES_MAX: Final = 5
+LEAVE_RETRY_S: Final = 0.2
 #: Contenders listed per wait (one range read); a longer queue raises ``TooManyContenders``.
 CONTENDERS_MAX: Final = 1000
 #: Names are path segments: bounded, and without the separator.
@@ -240,16 +246,26 @@ class Claim:
 
     async def leave(self) -> None:
         """Stop the background tasks and revoke the lease (deleting our key). A lease that
-        is already gone is fine; if the revoke fails the lease expires within ``ttl_s``."""
+        is already gone is fine; a revoke that fails is sent again, up to
+        :data:`LEAVE_REVOKES_MAX` times, then the last error is raised (the lease expires
+        within ``ttl_s`` anyway)."""
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._lose("released")
-        if self.lease_id:
-            lease_id, self.lease_id = self.lease_id, 0
-            with contextlib.suppress(LeaseNotFound):
+        lease_id, self.lease_id = self.lease_id, 0
+        for attempt in range(1, LEAVE_REVOKES_MAX + 1) if lease_id else ():
+            try:
                 await self.client.revoke(lease_id)
+            except LeaseNotFound:
+                return
+            except PhalanxError:
+                if attempt == LEAVE_REVOKES_MAX:
+                    raise
+                await asyncio.sleep(LEAVE_RETRY_S)
+            else:
+                return
 
     def statistics(self) -> dict[str, int]:
         return {"renewals": self._renewals, "waits": self._waits, "token": self.token}
