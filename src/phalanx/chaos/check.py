@@ -29,7 +29,7 @@ import msgspec
 from phalanx.chaos.bank import check_bank
 from phalanx.chaos.history import Operation
 from phalanx.chaos.lockcheck import check_lock
-from phalanx.chaos.models import model_named
+from phalanx.chaos.models import drop_unobservable_acquires, model_named
 from phalanx.chaos.monotonic import check_monotonic_reads
 from phalanx.chaos.partition import (
     TIMEOUT_S_DEFAULT,
@@ -69,8 +69,9 @@ def check_history(
     results: list[CheckResult] = []
     report = None
     if model in {"register", "kv", "lock"}:
+        searched = drop_unobservable_acquires(ops) if model == "lock" else ops
         report = check_linearizable(
-            ops, model_named(model), timeout_s=timeout_s, workers_max=workers_max
+            searched, model_named(model), timeout_s=timeout_s, workers_max=workers_max
         )
         results.append(report.result)
     if model == "lock":

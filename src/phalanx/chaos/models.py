@@ -27,7 +27,7 @@ the inner model's state.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Final, Protocol
 
 from phalanx.chaos.history import HistoryError, Operation
@@ -42,6 +42,7 @@ __all__ = [
     "Model",
     "RegisterModel",
     "Step",
+    "drop_unobservable_acquires",
     "model_named",
 ]
 
@@ -218,6 +219,39 @@ class LockModel:
 
     def describe(self, op: Operation) -> str:
         return _describe(op, op.f, show_input=False, show_output=False)
+
+
+def drop_unobservable_acquires(ops: Sequence[Operation]) -> list[Operation]:
+    """``ops`` without the ``info`` acquires that nothing can observe.
+
+    An ``info`` acquire of process *p* is dropped when every other operation of *p* was
+    invoked before it and definitely over (``ok`` or ``fail``) before it was invoked: then
+    no operation of *p* can take place after it. Checking the lock model, such an acquire
+    may always be taken never to have happened: an ``info`` operation may take effect or
+    not, and no operation of the lock model observes the holder except the holder's own
+    release, which never comes. Had the acquire taken effect, the lock would have stayed
+    held from then on, no other acquire could have succeeded afterwards, and leaving the
+    acquire out changes nothing for the operations after it. Dropping these keeps the
+    verdict (``test_search_oracle.py`` checks it against brute force) and spares the search
+    the orders it would try with each: they are most of a lock history's ``info``
+    operations, since a client whose acquire timed out is retired.
+    """
+    by_process: dict[int, list[Operation]] = {}
+    for op in ops:
+        by_process.setdefault(op.process, []).append(op)
+
+    def unobservable(op: Operation) -> bool:
+        if op.f != "acquire" or op.outcome is not Outcome.INDETERMINATE:
+            return False
+        return all(
+            other.outcome is not Outcome.INDETERMINATE
+            and other.complete_us is not None
+            and other.complete_us < op.invoke_us
+            for other in by_process[op.process]
+            if other is not op
+        )
+
+    return [op for op in ops if not unobservable(op)]
 
 
 class Keyed:
