@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import random
 from typing import Final
 
@@ -45,6 +44,7 @@ from phalanx.chaos.toxics import (
 from phalanx.clock import SYSTEM_CLOCK, Clock
 from phalanx.errors import BadRequest, Conflict, Rejected
 from phalanx.health.server import bind_listener
+from phalanx.node.cluster_spec import format_address, is_loopback
 
 __all__ = [
     "CONNECTIONS_PER_PROXY_MAX",
@@ -94,21 +94,6 @@ def parse_address(field: str, text: object, *, port_zero: bool = False) -> Addre
     if not low <= port <= _PORT_MAX:
         raise BadRequest(f"{field}: port must be in {low}..{_PORT_MAX}, got {port}")
     return host, port
-
-
-def format_address(address: Address) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` names this machine only (``localhost`` or a loopback IP)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class ProxyConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

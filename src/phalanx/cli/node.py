@@ -6,7 +6,7 @@ from typing import Literal
 
 import click
 
-from phalanx.node.cluster_spec import Address, parse_address, parse_cluster
+from phalanx.node.cluster_spec import Address, is_loopback, parse_address, parse_cluster
 
 # Kept here rather than imported from phalanx.node.logs: `phalanx --help` stays light.
 _LOG_FORMATS = ("text", "json")
@@ -24,17 +24,6 @@ def _optional_address(
     ctx: click.Context, param: click.Parameter, value: str | None
 ) -> Address | None:
     return None if value is None else _address(ctx, param, value)
-
-
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @click.command()
@@ -146,7 +135,7 @@ def node(
         raise click.BadParameter(str(exc), param_hint="--cluster") from None
     if node_id not in members:
         raise click.BadParameter(f"node {node_id} is not listed", param_hint="--cluster")
-    if admin and (http_listen is None or not _is_loopback(http_listen[0])):
+    if admin and (http_listen is None or not is_loopback(http_listen[0])):
         raise click.UsageError("--admin needs --http-listen on a loopback address")
     tls = None
     if tls_cert or tls_key or tls_ca:

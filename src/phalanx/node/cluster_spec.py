@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import NamedTuple
 
-__all__ = ["Address", "Member", "parse_address", "parse_cluster"]
+__all__ = ["Address", "Member", "format_address", "is_loopback", "parse_address", "parse_cluster"]
 
 Address = tuple[str, int]
 
@@ -20,6 +21,22 @@ def parse_address(text: str) -> Address:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError(f"{text!r}: expected host:port")
     return (host.strip("[]"), int(port))
+
+
+def format_address(address: Address) -> str:
+    """``(host, port)`` as ``"host:port"`` (``"[::1]:port"`` for IPv6)."""
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (``localhost`` or a loopback IP)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def parse_cluster(text: str) -> dict[int, Member]:
