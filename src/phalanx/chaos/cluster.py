@@ -49,6 +49,7 @@ from phalanx.chaos.netns import NetnsError, NetnsNetwork
 from phalanx.client import AsyncClient
 from phalanx.errors import PhalanxError
 from phalanx.node.client_protocol import NodeStatus
+from phalanx.node.cluster_spec import format_address
 
 __all__ = [
     "ADMIN_TIMEOUT_S",
@@ -160,7 +161,8 @@ class ChaosCluster:
 
     def spec_of(self, ids: Sequence[int]) -> str:
         return ",".join(
-            f"{i}={_hostport(self.peer_advertised[i])}/{_hostport(self.client[i])}" for i in ids
+            f"{i}={format_address(self.peer_advertised[i])}/{format_address(self.client[i])}"
+            for i in ids
         )
 
     def take_spare(self) -> int:
@@ -301,8 +303,8 @@ class ChaosCluster:
         proxies = [
             {
                 "name": f"peer-{i}",
-                "listen": _hostport(self.peer_advertised[i]),
-                "upstream": _hostport(self.peer[i]),
+                "listen": format_address(self.peer_advertised[i]),
+                "upstream": format_address(self.peer[i]),
                 "enabled": True,
             }
             for i in self.slots
@@ -315,7 +317,7 @@ class ChaosCluster:
             "proxy",
             "serve",
             "--listen",
-            _hostport(self.proxy_admin),
+            format_address(self.proxy_admin),
             "--config",
             str(config),
             "--seed",
@@ -456,10 +458,6 @@ def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-
-
-def _hostport(address: tuple[str, int]) -> str:
-    return f"{address[0]}:{address[1]}"
 
 
 async def _http_json(
