@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from phalanx.chaos.cluster import ChaosCluster, ClusterFaultError
+from phalanx.chaos.cluster import SPARES_MAX, ChaosCluster, ClusterFaultError
 from phalanx.chaos.history import Recorder, read_jsonl
 from phalanx.chaos.nemesis import Nemesis, plan
 from phalanx.chaos.runner import RunOptions, run_chaos
@@ -40,7 +40,7 @@ def test_spare_slots_have_addresses_and_run_out(tmp_path: Path) -> None:
     with pytest.raises(ClusterFaultError, match="no spare"):
         cluster.take_spare()
     with pytest.raises(ValueError, match="spares"):
-        ChaosCluster(tmp_path, 5, spares=5)
+        ChaosCluster(tmp_path, 5, spares=SPARES_MAX + 1)
 
 
 def test_a_replaced_member_is_followed_by_later_faults(tmp_path: Path) -> None:

@@ -55,6 +55,7 @@ __all__ = [
     "ADMIN_TIMEOUT_S",
     "NODES_MAX",
     "PROXY_START_S_MAX",
+    "SPARES_MAX",
     "ChaosCluster",
     "ClusterFaultError",
     "ClusterStartError",
@@ -64,6 +65,8 @@ __all__ = [
 HOST: Final = "127.0.0.1"
 #: Most members a chaos cluster may have.
 NODES_MAX: Final = 9
+#: Most spare member slots one cluster reserves (ids for members that replace others).
+SPARES_MAX: Final = 24
 #: How long one admin request may take (a paused node never answers).
 ADMIN_TIMEOUT_S: Final = 2.0
 #: How long stopping waits for a killed process to be reaped.
@@ -113,8 +116,10 @@ class ChaosCluster:
         netns: bool = False,
         spares: int = 0,
     ) -> None:
-        if not 1 <= nodes <= NODES_MAX or not 0 <= spares <= NODES_MAX - nodes:
-            raise ValueError(f"nodes + spares: 1..{NODES_MAX}, got {nodes} + {spares}")
+        if not 1 <= nodes <= NODES_MAX:
+            raise ValueError(f"nodes: 1..{NODES_MAX}, got {nodes}")
+        if not 0 <= spares <= SPARES_MAX:
+            raise ValueError(f"spares: 0..{SPARES_MAX}, got {spares}")
         if netns and proxied:
             raise ValueError("the peer proxies do not run on network namespaces")
         self.root = root

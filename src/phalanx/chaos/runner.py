@@ -37,7 +37,7 @@ from typing import Final
 import msgspec
 
 from phalanx.chaos.check import HistoryCheck, check_history, write_timeline
-from phalanx.chaos.cluster import NODES_MAX, ChaosCluster
+from phalanx.chaos.cluster import SPARES_MAX, ChaosCluster
 from phalanx.chaos.history import Operation, Recorder, write_jsonl
 from phalanx.chaos.nemesis import PROXY_KINDS, FaultWindow, Nemesis, plan
 from phalanx.chaos.netns import refused_faults
@@ -269,7 +269,7 @@ async def _drive(options: RunOptions, root: Path, workload: Workload) -> _Run:
         proxied=any(kind in PROXY_KINDS for kind in options.nemesis),
         seed=options.seed,
         netns=options.netns,
-        spares=min(replacements, NODES_MAX - options.nodes),
+        spares=min(replacements, SPARES_MAX),
     )
     nemesis = Nemesis(cluster, faults_recorder, seed=options.seed)
     error: str | None = None
