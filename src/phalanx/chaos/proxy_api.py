@@ -48,7 +48,6 @@ from typing import Any, Final, TypeVar
 
 import httpx
 import msgspec
-import uvicorn
 
 from phalanx import __version__
 from phalanx.chaos.proxy import (
@@ -317,24 +316,11 @@ class ProxyApiServer:
         except OSError as error:
             address = format_address((self.host, self._requested_port))
             raise Conflict(f"listen: cannot listen on {address}: {error}") from error
-        config = uvicorn.Config(
-            self.app,
-            log_level="warning",
-            log_config=None,  # leave the process's logging alone
-            access_log=False,
-            lifespan="off",
-            http="h11",
-            ws="none",
-            limit_concurrency=ADMIN_CONNECTIONS_MAX,
-            timeout_graceful_shutdown=ADMIN_SHUTDOWN_S_MAX,
+        self._server = LoopServer.quiet(
+            self.app, connections_max=ADMIN_CONNECTIONS_MAX, shutdown_s=ADMIN_SHUTDOWN_S_MAX
         )
-        self._server = LoopServer(config)
         self._task = asyncio.create_task(self._serve(self._server, self._socket), name="proxy-api")
-        started = asyncio.ensure_future(self._server.started_event.wait())
-        done, _ = await asyncio.wait({started, self._task}, return_when=asyncio.FIRST_COMPLETED)
-        if started not in done:
-            started.cancel()
-            await asyncio.gather(started, return_exceptions=True)
+        if not await self._server.wait_serving(self._task):
             await self.aclose()
             raise RuntimeError("the proxy API stopped while starting")
 

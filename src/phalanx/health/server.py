@@ -21,6 +21,7 @@ import socket
 import threading
 from collections.abc import Callable, Generator
 from types import TracebackType
+from typing import Any
 
 import uvicorn
 
@@ -89,6 +90,35 @@ class LoopServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+    @classmethod
+    def quiet(cls, app: Any, *, connections_max: int, shutdown_s: float) -> LoopServer:
+        """A server of ``app`` that leaves the process's logging alone, logs no access line,
+        accepts at most ``connections_max`` connections at once and lets requests in
+        progress finish for at most ``shutdown_s`` on the way out."""
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            http="h11",
+            ws="none",
+            limit_concurrency=connections_max,
+            timeout_graceful_shutdown=int(shutdown_s),
+        )
+        return cls(config)
+
+    async def wait_serving(self, runner: asyncio.Task[None]) -> bool:
+        """Wait until it serves (True), or until ``runner``, the task that runs it, ends
+        first (False: it stopped while starting)."""
+        started = asyncio.ensure_future(self.started_event.wait())
+        done, _ = await asyncio.wait({started, runner}, return_when=asyncio.FIRST_COMPLETED)
+        if started in done:
+            return True
+        started.cancel()
+        await asyncio.gather(started, return_exceptions=True)
+        return False
 
 
 def _config(app: HealthApp, log_level: str) -> uvicorn.Config:

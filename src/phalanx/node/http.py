@@ -40,7 +40,6 @@ from types import TracebackType
 from typing import Annotated, Any, Final, Protocol
 
 import msgspec
-import uvicorn
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.exposition import choose_encoder
 
@@ -433,24 +432,11 @@ class NodeHttpServer:
         if self._runner is not None:
             raise RuntimeError("start(): the HTTP server was already started")
         self._socket = bind_listener(self.host, self._requested_port)
-        config = uvicorn.Config(
-            self.app,
-            log_level="warning",
-            log_config=None,  # the process configured logging (phalanx.node.logs)
-            access_log=False,  # a probe every few seconds: logging each one is noise
-            lifespan="off",
-            http="h11",
-            ws="none",
-            limit_concurrency=HTTP_CONNECTIONS_MAX,
-            timeout_graceful_shutdown=int(HTTP_SHUTDOWN_S_MAX),
+        self._server = LoopServer.quiet(
+            self.app, connections_max=HTTP_CONNECTIONS_MAX, shutdown_s=HTTP_SHUTDOWN_S_MAX
         )
-        self._server = LoopServer(config)
         self._runner = asyncio.create_task(self._run(self._server, self._socket), name="node-http")
-        started = asyncio.ensure_future(self._server.started_event.wait())
-        done, _ = await asyncio.wait({started, self._runner}, return_when=asyncio.FIRST_COMPLETED)
-        if started not in done:
-            started.cancel()
-            await asyncio.gather(started, return_exceptions=True)
+        if not await self._server.wait_serving(self._runner):
             await self.aclose()
             raise RuntimeError("the HTTP server stopped while starting")
 
