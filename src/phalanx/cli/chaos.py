@@ -44,7 +44,8 @@ _WORDS = {Verdict.VALID: "valid", Verdict.INVALID: "INVALID", Verdict.UNKNOWN: "
 
 @click.group("chaos")
 def chaos() -> None:
-    """Chaos testing: check histories of operations for linearizability and invariants."""
+    """Chaos testing: runs of a real cluster under faults, a TCP fault proxy, and checkers of
+    the histories they record (linearizability and invariants)."""
 
 
 @chaos.command("check")
