@@ -36,10 +36,9 @@ from phalanx.client.lock import (
     Claim,
     ClaimView,
     Contender,
-    LoopThread,
+    SyncContender,
     TooManyContenders,
     lowest,
-    queue_prefix,
     relay_event,
 )
 from phalanx.client.results import KeyValue, WatchEvent
@@ -248,7 +247,7 @@ class SyncLeadership:
         self.lost = threading.Event()
 
 
-class SyncElection:
+class SyncElection(SyncContender):
     """The blocking form of :class:`Election`, for code without an event loop.
 
     It runs on its own thread with its own event loop and connection to ``client``'s
@@ -265,14 +264,10 @@ class SyncElection:
         prefix: bytes = ELECTION_PREFIX,
         contenders_max: int = CONTENDERS_MAX,
     ) -> None:
-        queue_prefix(prefix, name)  # fail now on a bad name
-        self.name = name
-        self.ttl_s = ttl_s
-        self.prefix = prefix
-        self.contenders_max = contenders_max
-        self._thread = LoopThread(client.aio.endpoints, f"phalanx-election-{name}")
+        super().__init__(
+            client, name, kind="election", ttl_s=ttl_s, prefix=prefix, contenders_max=contenders_max
+        )
         self._election: Election | None = None
-        self._relay: asyncio.Task[None] | None = None
         self._leadership: SyncLeadership | None = None
 
     @property
@@ -308,13 +303,7 @@ class SyncElection:
     def _started(self) -> Election:
         if self._election is None:
             self._thread.start()
-            self._election = Election(
-                self._thread.client,
-                self.name,
-                ttl_s=self.ttl_s,
-                prefix=self.prefix,
-                contenders_max=self.contenders_max,
-            )
+            self._election = Election(self._thread.client, self.name, **self._options())
         return self._election
 
     async def _campaign(
@@ -326,10 +315,7 @@ class SyncElection:
         return self._leadership
 
     async def _resign(self, election: Election) -> None:
-        relay, self._relay = self._relay, None
-        if relay is not None:
-            relay.cancel()
-            await asyncio.gather(relay, return_exceptions=True)
+        await self._stop_relay()
         leadership, self._leadership = self._leadership, None
         try:
             await election.resign()

@@ -65,6 +65,7 @@ __all__ = [
     "Lock",
     "LoopThread",
     "NotAcquired",
+    "SyncContender",
     "SyncHeld",
     "SyncLock",
     "TooManyContenders",
@@ -576,7 +577,42 @@ class SyncHeld:
         self.lost = threading.Event()
 
 
-class SyncLock:
+class SyncContender:
+    """What the blocking forms of :class:`Lock` and
+    :class:`~phalanx.client.election.Election` share: the contender's options, checked at
+    once, a :class:`LoopThread` of ``client``'s endpoints (named ``phalanx-<kind>-<name>``)
+    for the asyncio form to run on, and the task relaying its ``lost`` event."""
+
+    def __init__(
+        self,
+        client: Client,
+        name: str,
+        *,
+        kind: str,
+        ttl_s: float,
+        prefix: bytes,
+        contenders_max: int,
+    ) -> None:
+        queue_prefix(prefix, name)  # fail now on a bad name
+        self.name = name
+        self.ttl_s = ttl_s
+        self.prefix = prefix
+        self.contenders_max = contenders_max
+        self._thread = LoopThread(client.aio.endpoints, f"phalanx-{kind}-{name}")
+        self._relay: asyncio.Task[None] | None = None
+
+    def _options(self) -> dict[str, Any]:
+        """The asyncio form's options, to build it on the thread's client."""
+        return {"ttl_s": self.ttl_s, "prefix": self.prefix, "contenders_max": self.contenders_max}
+
+    async def _stop_relay(self) -> None:
+        relay, self._relay = self._relay, None
+        if relay is not None:
+            relay.cancel()
+            await asyncio.gather(relay, return_exceptions=True)
+
+
+class SyncLock(SyncContender):
     """The blocking form of :class:`Lock`, for code without an event loop.
 
     The lease must be renewed while the caller's thread is busy, so the lock runs on its own
@@ -593,14 +629,10 @@ class SyncLock:
         prefix: bytes = LOCK_PREFIX,
         contenders_max: int = CONTENDERS_MAX,
     ) -> None:
-        queue_prefix(prefix, name)  # fail now on a bad name
-        self.name = name
-        self.ttl_s = ttl_s
-        self.prefix = prefix
-        self.contenders_max = contenders_max
-        self._thread = LoopThread(client.aio.endpoints, f"phalanx-lock-{name}")
+        super().__init__(
+            client, name, kind="lock", ttl_s=ttl_s, prefix=prefix, contenders_max=contenders_max
+        )
         self._lock: Lock | None = None
-        self._relay: asyncio.Task[None] | None = None
         self._held: SyncHeld | None = None
 
     @property
@@ -631,23 +663,14 @@ class SyncLock:
             self._thread.stop()
 
     async def _acquire(self, timeout_s: float | None) -> SyncHeld:
-        self._lock = Lock(
-            self._thread.client,
-            self.name,
-            ttl_s=self.ttl_s,
-            prefix=self.prefix,
-            contenders_max=self.contenders_max,
-        )
+        self._lock = Lock(self._thread.client, self.name, **self._options())
         held = await self._lock.acquire(timeout_s=timeout_s)
         self._held = SyncHeld(held)
         self._relay = asyncio.create_task(relay_event(held.lost, self._held.lost))
         return self._held
 
     async def _release(self) -> None:
-        relay, self._relay = self._relay, None
-        if relay is not None:
-            relay.cancel()
-            await asyncio.gather(relay, return_exceptions=True)
+        await self._stop_relay()
         if self._lock is not None and self._lock.held is not None:
             await self._lock.release()
 
