@@ -303,7 +303,7 @@ def _merged_query(
 @_dir_option
 @click.argument("sql", required=False)
 @click.option("--key", default=None, help="Run SQL on this key's shard only.")
-@click.option("--params", default="[]", help="JSON list of parameters for ? placeholders.")
+@click.option("--params", default="[]", help="JSON list of values bound to the SQL's ? parameters.")
 @click.option(
     "--partial", is_flag=True, help="Answer from the shards that respond; flag the result."
 )
@@ -313,7 +313,9 @@ def _merged_query(
     default="",
     help="With --table: comma-separated columns to return (ORDER BY ones too).",
 )
-@click.option("--where", default="", help="With --table: a condition (? placeholders, --params).")
+@click.option(
+    "--where", default="", help="With --table: a condition (? parameters bound from --params)."
+)
 @click.option("--order-by", "order_by", default="", help='With --table: "col [asc|desc], ...".')
 @click.option("--limit", type=click.IntRange(0), default=None, help="With --table: rows at most.")
 @click.option("--offset", type=click.IntRange(0), default=0, help="With --table: rows skipped.")
