@@ -19,13 +19,14 @@ Rules every implementation keeps:
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from phalanx.txn.twopc.gid import Gid
 from phalanx.txn.twopc.types import Decision
 
-__all__ = ["DecisionLog", "DecisionRecord", "MemoryDecisionLog"]
+__all__ = ["DecisionLog", "DecisionRecord", "MemoryDecisionLog", "commit_records"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +37,20 @@ class DecisionRecord:
     decision: Decision
     participants: tuple[str, ...]
     decided_at_s: float
+
+
+def commit_records(coordinator: str, rows: Iterable[Sequence[Any]]) -> list[DecisionRecord]:
+    """The commit records of ``coordinator`` from SQL rows of (incarnation, sequence,
+    comma-joined participants, decided_at_s), as the SQL decision logs store them."""
+    return [
+        DecisionRecord(
+            Gid(coordinator, int(inc), int(seq)),
+            Decision.COMMIT,
+            tuple(str(parts).split(",")),
+            float(at_s),
+        )
+        for inc, seq, parts, at_s in rows
+    ]
 
 
 @runtime_checkable

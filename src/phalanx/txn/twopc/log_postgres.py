@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 
 from phalanx.txn.twopc.gid import Gid, check_name
-from phalanx.txn.twopc.log import DecisionRecord
+from phalanx.txn.twopc.log import DecisionRecord, commit_records
 from phalanx.txn.twopc.types import Decision
 
 __all__ = ["PostgresDecisionLog"]
@@ -123,15 +123,7 @@ class PostgresDecisionLog:
                 "ORDER BY incarnation, sequence",
                 (coordinator,),
             ).fetchall()
-        return [
-            DecisionRecord(
-                Gid(coordinator, int(inc), int(seq)),
-                Decision.COMMIT,
-                tuple(str(parts).split(",")),
-                float(at_s),
-            )
-            for inc, seq, parts, at_s in rows
-        ]
+        return commit_records(coordinator, rows)
 
     def prune(self, *, before_s: float) -> int:
         with self._lock:

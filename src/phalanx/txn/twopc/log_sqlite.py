@@ -21,7 +21,7 @@ from types import TracebackType
 
 from phalanx.resilience.sqlite_db import open_database
 from phalanx.txn.twopc.gid import Gid, check_name
-from phalanx.txn.twopc.log import DecisionRecord
+from phalanx.txn.twopc.log import DecisionRecord, commit_records
 from phalanx.txn.twopc.types import Decision
 
 __all__ = ["SqliteDecisionLog"]
@@ -155,15 +155,7 @@ class SqliteDecisionLog:
                 "WHERE coordinator = ? AND decision = 'commit' ORDER BY incarnation, sequence",
                 (coordinator,),
             ).fetchall()
-        return [
-            DecisionRecord(
-                Gid(coordinator, int(inc), int(seq)),
-                Decision.COMMIT,
-                tuple(str(parts).split(",")),
-                float(at_s),
-            )
-            for inc, seq, parts, at_s in rows
-        ]
+        return commit_records(coordinator, rows)
 
     def prune(self, *, before_s: float) -> int:
         with self._lock:
